@@ -1,0 +1,1 @@
+"""Large-DiT (placeholder until implemented)."""
