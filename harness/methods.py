@@ -173,7 +173,7 @@ class Policy:
 
 COMPUTE_ALL = Policy()  # the stateless default of a plain forward pass
 
-METHODS: Registry[type[Policy]] = Registry("method", plugins=("baselines", "lazydit"))
+METHODS: Registry[type[Policy]] = Registry("method", plugins=("baselines", "lazydit"), base=Policy)
 METHODS.register("ddim")(Policy)
 
 

@@ -22,8 +22,9 @@ class Registry(Generic[T]):
     register into this registry (baselines, lazydit) need no import by the caller.
     """
 
-    def __init__(self, kind: str, plugins: Iterable[str] = ()):
+    def __init__(self, kind: str, plugins: Iterable[str] = (), base: type | None = None):
         self.kind = kind
+        self.base = base
         self._entries: dict[str, T] = {}
         self._plugins = tuple(plugins)
         self._loaded = not self._plugins
@@ -34,6 +35,8 @@ class Registry(Generic[T]):
         def add(entry: T) -> T:
             if key in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            if self.base is not None and not (isinstance(entry, type) and issubclass(entry, self.base)):
+                raise TypeError(f"{self.kind} {name!r} must be a subclass of {self.base.__name__}; got {entry!r}")
             self._entries[key] = entry
             return entry
 

@@ -11,13 +11,23 @@ import torch.nn as nn
 from harness.models import MODELS, build_model
 
 CHECKPOINT_ENV = "HARNESS_CHECKPOINT_DIR"
+# Alpha-VLLM releases a folder per model; its EMA weights are this file (a plain state dict).
+LARGE_DIT_EMA_FILE = "consolidated_ema.00-of-01.pth"
+_LARGE_DIT = "https://huggingface.co/Alpha-VLLM/Large-DiT/tree/main/{folder} (the folder, or its " + LARGE_DIT_EMA_FILE + ")"
 OFFICIAL_SOURCES = {
     "dit-xl/2": "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-{size}x{size}.pt",
+    "large-dit-3b": _LARGE_DIT.format(folder="240218_3b_bs256_step1350k"),
+    "dit_llama_3b_patch2": _LARGE_DIT.format(folder="240218_3b_bs256_step1350k"),
+    "large-dit-7b": _LARGE_DIT.format(folder="240218_7b_bs512_step620k"),
+    "dit_llama_7b_patch2": _LARGE_DIT.format(folder="240218_7b_bs512_step620k"),
 }
 
 
 def resolve_checkpoint(name: str, path: str | os.PathLike, image_size: int | None) -> Path:
-    """The checkpoint file: `path` itself, or its file name under $HARNESS_CHECKPOINT_DIR or the torch hub cache."""
+    """The checkpoint file: `path` itself, or its file name under $HARNESS_CHECKPOINT_DIR or the torch hub cache.
+
+    A folder stands for the EMA file inside it (Alpha-VLLM's release layout).
+    """
     path = Path(path).expanduser()
     candidates = [path]
     if not path.is_absolute():
@@ -25,6 +35,8 @@ def resolve_checkpoint(name: str, path: str | os.PathLike, image_size: int | Non
             candidates.append(Path(os.environ[CHECKPOINT_ENV]) / path.name)
         candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / path.name)
     for candidate in candidates:
+        if candidate.is_dir() and (candidate / LARGE_DIT_EMA_FILE).is_file():
+            return candidate / LARGE_DIT_EMA_FILE
         if candidate.is_file():
             return candidate
     source = OFFICIAL_SOURCES.get(name.lower(), "the method's official release")

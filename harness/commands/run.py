@@ -1,0 +1,48 @@
+"""`harness run SUITE`: run a suite's cells, one record per cell, resumable."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from harness.commands import example_formatter
+
+EPILOG = """examples:
+  python -m harness run smoke                                   # results/smoke/records.jsonl + tables + plots
+  python -m harness run smoke --resume                          # skip cells already recorded
+  python -m harness run smoke --only method=ddim,steps=10       # a subset: key=glob terms on cell fields
+  python -m harness run my_suite.toml --results-dir /tmp/results
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a benchmark suite (resumable)", epilog=EPILOG, formatter_class=example_formatter)
+    p.add_argument("suite", help="a shipped suite's name (e.g. smoke) or a path to a suite .toml")
+    p.add_argument("--results-dir", default="results", help="records go to DIR/<suite>/records.jsonl (default results)")
+    p.add_argument("--only", metavar="FILTER",
+                   help="run only matching cells: comma-separated key=glob terms (model, method, steps, seed, ...) "
+                        "or substrings of the cell id")
+    p.add_argument("--resume", action="store_true", help="skip cells whose config hash already has a record")
+    p.add_argument("--no-tables", action="store_true", help="do not regenerate tables and plots afterwards")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.runner import run_suite
+    from harness.suite import load_suite, suite_path
+    from harness.tables import write_reports
+
+    suite = load_suite(args.suite)
+    start = time.perf_counter()
+    summary = run_suite(suite, args.results_dir, only=args.only, resume=args.resume, progress=not args.quiet,
+                        base_dir=suite_path(args.suite).parent)
+    wall = time.perf_counter() - start
+    print(f"{suite.name}: {summary.ran} cell(s) run, {summary.skipped} skipped, {len(summary.failed)} failed "
+          f"in {wall:.1f} s; records: {summary.records_path}")
+    if not args.no_tables and summary.records_path.is_file():
+        for path in write_reports(suite, args.results_dir):
+            print(f"wrote {path}")
+    for cell_id, error in summary.failed:
+        print(f"FAILED {cell_id}: {error}", file=sys.stderr)
+    return 0 if summary.ok else 1

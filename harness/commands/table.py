@@ -1,0 +1,34 @@
+"""`harness table SUITE`: regenerate leaderboards (Markdown, CSV, LaTeX) and Pareto plots from records."""
+from __future__ import annotations
+
+import argparse
+
+from harness.commands import example_formatter
+
+EPILOG = """examples:
+  python -m harness table smoke                       # results/smoke/leaderboard.{md,csv,tex} + pareto-*.png
+  python -m harness table smoke --results-dir /tmp/results --print
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("table", help="regenerate tables and plots from records", epilog=EPILOG,
+                       formatter_class=example_formatter)
+    p.add_argument("suite", help="a shipped suite's name (e.g. smoke) or a path to a suite .toml")
+    p.add_argument("--results-dir", default="results", help="folder holding <suite>/records.jsonl (default results)")
+    p.add_argument("--print", action="store_true", help="print the Markdown leaderboard instead of the file list")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.suite import load_suite
+    from harness.tables import write_reports
+
+    suite = load_suite(args.suite)
+    written = write_reports(suite, args.results_dir)
+    for path in written:
+        if args.print and path.name == "leaderboard.md":
+            print(path.read_text(), end="")
+        elif not args.print:
+            print(f"wrote {path}")
+    return 0
