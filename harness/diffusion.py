@@ -7,6 +7,7 @@ by float64 coefficients read at the step's index.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -47,7 +48,10 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | list[int]) -
         if not 1 <= count <= size:
             raise ValueError(f"cannot divide a section of {size} steps into {count}; accepted: 1..{size}")
         stride = 1.0 if count == 1 else (size - 1) / (count - 1)
-        kept += [start + round(stride * j) for j in range(count)]
+        position = 0.0  # a running float sum, as the reference: round(stride * j) differs for 278 of N = 1..1000
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 
@@ -56,6 +60,9 @@ def parse_steps(steps: int | str) -> int | str:
     """Validates a step budget: a positive int, "ddimN" or a comma list of section counts."""
     if isinstance(steps, bool) or not isinstance(steps, (int, str)):
         raise ValueError(f"steps must be an int or a string like 'ddim50'; got {steps!r}")
+    if isinstance(steps, str) and not re.fullmatch(r"ddim\d+|\d+(,\d+)*", steps):
+        raise ValueError(f"steps={steps!r} is not a step budget; accepted: an int, 'ddimN' or section counts "
+                         "like '10,15,20'")
     if isinstance(steps, str) and steps.isdigit():
         steps = int(steps)
     if isinstance(steps, int) and not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
@@ -86,8 +93,10 @@ class Diffusion:
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, posterior_variance)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # The variance is 0 at t = 0; the log takes the value of t = 1 there.
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        # The variance is 0 at t = 0; the log takes the value of t = 1 there (never read with a single step).
+        self.posterior_log_variance_clipped = (
+            np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:])) if len(betas) > 1 else np.array([])
+        )
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 

@@ -88,13 +88,17 @@ def sample(
         raise ValueError(f"class labels must lie in 0..{spec.num_classes - 1} for {spec.name}; got {labels.tolist()}")
     if noise is not None and tuple(noise.shape) != (n, *spec.latent_shape):
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {(n, *spec.latent_shape)}")
+    if guide_channels is not None and not 1 <= guide_channels <= spec.in_channels:
+        raise ValueError(f"guide_channels={guide_channels} is not an eps channel count of {spec.name}; accepted: "
+                         f"1..{spec.in_channels} (learned-variance channels are never guided)")
 
     policy = method if isinstance(method, Policy) else create_policy(method, method_args)
     diffusion = Diffusion(steps)
     device = torch.device(device)
     model = model.to(device).eval()
     loop = SamplingLoop(model, diffusion, policy, cfg_scale, sampler, eta, device, dtype,
-                        guide_channels or default_guide_channels(spec.in_channels), batch_invariant)
+                        default_guide_channels(spec.in_channels) if guide_channels is None else guide_channels,
+                        batch_invariant)
 
     generators = [image_generator(s) for s in seeds]
     start = noise.float() if noise is not None else initial_noise(seeds, spec.latent_shape, generators)

@@ -102,9 +102,9 @@ def load_checkpoint(name: str, path: str | os.PathLike, image_size: int | None =
     state = read_state_dict(file)
     size = image_size or infer_image_size(name, state) or 256
     with torch.device("meta"):
-        skeleton = build_model(name, image_size=size, **overrides)
-    check_layout(skeleton, state, name, size)
-    model = build_model(name, image_size=size, **overrides)
-    model.load_state_dict(state, strict=True)
+        model = build_model(name, image_size=size, **overrides)
+    check_layout(model, state, name, size)
+    # Assigning the file's tensors to a meta skeleton needs no second copy of a 7B model in memory.
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     model.checkpoint_path = str(file)
     return model.eval()

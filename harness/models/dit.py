@@ -243,7 +243,7 @@ class DiT(nn.Module):
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch tokens (N, T, D) and the conditioning vector c = t_emb + y_emb (N, D)."""
-        x = self.x_embedder(x) + self.pos_embed
+        x = (self.x_embedder(x) + self.pos_embed).contiguous()  # the patch transpose would leave every later op strided
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
         return x, c
 
