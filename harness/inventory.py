@@ -21,7 +21,7 @@ def _probe(kind: str, name: str, find) -> dict[str, Any]:
 
 def weights_inventory() -> list[dict[str, Any]]:
     """One entry per known weight file: found or not, its path, or where the harness looked."""
-    from harness.metrics.quality import find_inception_weights
+    from harness.metrics.quality import find_inception_weights, missing_weights_message
     from harness.models.zoo import read_manifest
 
     entries = [
@@ -29,7 +29,10 @@ def weights_inventory() -> list[dict[str, Any]]:
         for key, (model, file, size) in OFFICIAL_CHECKPOINTS.items()
     ]
     entries += [_probe("vae", name, lambda n=name: find_vae(n)) for name in VAE_REPOS]
-    entries.append(_probe("inception", "inception-v3-compat", find_inception_weights))
+    inception = find_inception_weights()
+    entries.append({"kind": "inception", "name": "inception-v3-compat", "found": inception is not None,
+                    "path": str(inception) if inception else None,
+                    **({} if inception else {"detail": missing_weights_message()})})
     entries += [
         {"kind": "embedded", "name": name, "found": True, "path": entry.get("file"), "sha256": entry.get("sha256")}
         for name, entry in read_manifest().items()

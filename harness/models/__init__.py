@@ -33,15 +33,17 @@ ModelBuilder = Callable[..., nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model", plugins=("harness.models.zoo", "harness.models.large_dit"))
 
 
-def build_model(name: str, image_size: int = 256, **overrides) -> nn.Module:
+def build_model(name: str, image_size: int | None = None, **overrides) -> nn.Module:
     """A randomly initialised model in the official state-dict layout.
 
     Args:
         name: a registered model name, e.g. "DiT-XL/2", "Large-DiT-3B", "embedded/digits-8".
-        image_size: decoded image size in pixels (latent models: a multiple of 8 x patch).
+        image_size: decoded image size in pixels (latent models: a multiple of 8 x patch); default: the
+            model's own (256 for the DiT family, the native size for embedded models).
         overrides: architecture fields to change (e.g. num_classes=10).
     """
-    return MODELS.get(name)(image_size=image_size, **overrides)
+    sized = {} if image_size is None else {"image_size": image_size}
+    return MODELS.get(name)(**sized, **overrides)
 
 
 def load_model(name: str, path: str | None = None, image_size: int | None = None, **overrides) -> nn.Module:
@@ -56,6 +58,7 @@ def load_model(name: str, path: str | None = None, image_size: int | None = None
     from harness.models import zoo
     from harness.models.checkpoints import load_checkpoint
 
+    MODELS.get(name)  # an unknown name fails first, listing the accepted ones
     if zoo.is_embedded(name) and path is None:
         return zoo.load_embedded(name)
     if path is None:
