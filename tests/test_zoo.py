@@ -90,3 +90,11 @@ def test_shipped_model_samples_uint8_digits(name):
     size = model.spec.image_size
     assert out.images.shape == (2, size, size, 1) and out.images.dtype == np.uint8
     assert torch.isfinite(out.latents).all()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_manifest_data_hash_is_the_current_train_split(name):
+    from harness.data import load_digits_split
+
+    entry = zoo.shipped_models()[name]
+    assert entry["data_hash"] == load_digits_split("train", entry["resolution"]).data_hash
