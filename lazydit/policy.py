@@ -1,0 +1,169 @@
+"""The LazyDiT inference policy: per-sample lazy decisions, cached ungated branch outputs.
+
+Faithful to the official sampler (shawnricecake/lazydit): at step index i the score of
+branch k of block b is sigmoid(sum_tokens,channels Linear_{i,b,k}(h)) for each sample;
+the branch is computed where score >= threshold, otherwise that sample's last computed
+(ungated) branch output is reused. The first step computes everything (nothing is
+cached yet). Decisions go into the decision log on the device, with no host read.
+
+A zero layer (every odd index under the official recipe) scores exactly 0.5 for any h,
+so its decision is known at `start` and it costs no scoring at all.
+
+Two ways to carry out a scored decision, same outputs up to the rounding of a smaller batch:
+  "gather": compute only the samples that need it (one host read of the decision per
+            scored branch: free on the CPU, one synchronisation per scored branch on
+            CUDA); all-skip / all-compute branches cost nothing extra.
+  "where":  compute every sample and blend with torch.where: no host read at all
+            (CUDA-graph friendly), but no time saved; for quality runs.
+A per-sample decision that depends on this step's branch input cannot be resolved for a
+whole step at once; for GPU speed without any synchronisation use the static schedule
+(`lazydit-static`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from harness.methods import METHODS, Policy, RunInfo
+from lazydit.layers import DEFAULT_THRESHOLD, LazyLayers
+from lazydit.weights import METHOD_KEY, WEIGHTS_KEY, layers_from_state, read_lazy_file
+
+EXECUTIONS = ("gather", "where")
+PAPER = "https://arxiv.org/abs/2412.12444"
+
+
+@METHODS.register("lazydit")
+class LazyDiTPolicy(Policy):
+    """LazyDiT (Shi et al., AAAI 2025): learned per-sample skipping of attention / MLP branches."""
+
+    @dataclass(frozen=True)
+    class Config:
+        weights: str = ""  # official lazy-weights file
+        threshold: float = DEFAULT_THRESHOLD  # compute where score >= threshold
+        execution: str = "gather"  # "gather" (saves time) or "where" (no host read, no saving)
+
+    name: ClassVar[str] = "lazydit"
+    paper: ClassVar[str] = PAPER
+
+    def __init__(self, config: "LazyDiTPolicy.Config | None" = None, layers: LazyLayers | None = None):
+        super().__init__(config)
+        cfg = self.config
+        if cfg.execution not in EXECUTIONS:
+            raise ValueError(f"unknown execution {cfg.execution!r} for method {self.name!r}; accepted: {', '.join(EXECUTIONS)}")
+        if not 0.0 <= float(cfg.threshold) <= 1.0:
+            raise ValueError(f"threshold={cfg.threshold!r} is outside the score range; accepted: 0..1")
+        if layers is None:
+            layers = self._load(cfg.weights)
+        self.layers = layers
+        self.weight: list | None = None  # [step][block][kind] -> (D,) on the run's device
+        self.cache: list[list[torch.Tensor | None]] = []
+        self.masks: dict[tuple[int, int], torch.Tensor] = {}  # this step's (block, kind) -> (N,) compute mask
+        self.known: list = []  # [step][block][kind] -> True / False for zero layers, None where h decides
+        self.score_macs = 0.0  # MACs per sample of one score: tokens x hidden
+
+    @classmethod
+    def from_layers(cls, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD, execution: str = "gather") -> "LazyDiTPolicy":
+        """A policy over in-memory lazy layers (training, threshold search, tests)."""
+        return cls(cls.Config(weights="", threshold=threshold, execution=execution), layers=layers)
+
+    def _load(self, path: str) -> LazyLayers:
+        if not path:
+            raise ValueError(f"method {self.name!r} needs method_args['weights']: the path of a lazy-weights file")
+        payload = read_lazy_file(path)
+        trained_by = payload.get(METHOD_KEY, "lazydit")
+        if trained_by != self.name:
+            raise ValueError(f"{path!r} was trained as method {trained_by!r}; use method={trained_by!r} (not {self.name!r})")
+        return layers_from_state(payload[WEIGHTS_KEY])
+
+    # ---- lifecycle ---------------------------------------------------------------
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        self.layers.check_fits(run.num_steps, run.depth, run.hidden_size)
+        weight = self.layers.weight.to(run.device)
+        self.weight = [[list(block.unbind(0)) for block in step.unbind(0)] for step in weight.unbind(0)]  # [S][depth][2] (D,)
+        # A zero layer scores exactly sigmoid(0) = 0.5 whatever h is: its decision is known without looking.
+        zero = (self.layers.weight == 0).all(dim=-1).tolist()  # [S][depth][2]
+        self.known = [[[(0.5 >= self.config.threshold) if z else None for z in pair] for pair in step] for step in zero]
+        self.cache = [[None, None] for _ in range(run.depth)]
+        self.score_macs = float(run.num_tokens * run.hidden_size)
+
+    def begin_step(self, index: int) -> None:
+        super().begin_step(index)
+        self.masks = {}
+
+    def end_step(self) -> None:
+        """Writes the step's scored decisions into the log with one device copy (no host read)."""
+        if self.masks:
+            keys = list(self.masks)
+            rows = torch.stack([self.masks[k] for k in keys]).to(self.log.branch.dtype)  # (n, N)
+            if len(keys) == 2 * self.run.depth:  # every branch scored: one copy
+                self.log.branch[self.step] = rows.view(self.run.depth, 2, -1)
+            else:
+                for (block, kind), row in zip(keys, rows):
+                    self.log.branch[self.step, block, kind] = row
+        self.log.overhead_macs[self.step] = len(self.masks) * self.score_macs
+
+    def finish(self):
+        self.cache, self.weight, self.masks = [], None, {}  # release the caches' memory
+        return super().finish()
+
+    # ---- hooks -------------------------------------------------------------------
+    def compute_mask(self, h: torch.Tensor, block: int, kind: int) -> torch.Tensor:
+        """(N,) bool, True where the branch is computed (the official score, compared on the device)."""
+        w = self.weight[self.step][block][kind].to(h.dtype)  # (D,)
+        score = torch.sigmoid((h @ w).sum(dim=-1).float())  # (N, T) -> (N,)
+        compute = score >= self.config.threshold
+        self.masks[(block, kind)] = compute  # logged at end_step
+        return compute
+
+    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        cached = self.cache[block][kind]
+        if cached is None:  # first step: nothing to reuse, compute (as the official code)
+            out = fn(h)
+            self.cache[block][kind] = out
+            return out
+        known = self.known[self.step][block][kind]
+        if known is not None:  # zero layer: score 0.5 for every sample, no scoring needed
+            if known:
+                out = fn(h)
+                self.cache[block][kind] = out
+                return out
+            self.log.branch[self.step, block, kind] = 0.0  # a fill on the device, no host read
+            return cached
+        compute = self.compute_mask(h, block, kind)
+        if self.config.execution == "where":
+            out = torch.where(compute.view(-1, 1, 1), fn(h), cached)
+        else:
+            out = self._gather(compute, fn, h, cached)
+        self.cache[block][kind] = out
+        return out
+
+    @staticmethod
+    def _gather(compute: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor,
+                cached: torch.Tensor) -> torch.Tensor:
+        """Runs fn on the samples that need it only; the rest keep their cached output."""
+        rows = torch.nonzero(compute).squeeze(1)  # the one host read of this branch
+        if len(rows) == len(h):
+            return fn(h)
+        if len(rows) == 0:
+            return cached
+        fresh = fn(h.index_select(0, rows))  # (n, T, D)
+        return cached.index_copy_(0, rows, fresh.to(cached.dtype))
+
+
+@METHODS.register("lazydit-allsteps")
+class LazyDiTAllStepsPolicy(LazyDiTPolicy):
+    """LazyDiT with lazy layers trained at every step index (this harness's extension, not the paper's recipe)."""
+
+    name: ClassVar[str] = "lazydit-allsteps"
+
+
+def lazydit_policy_for(method: str, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD,
+                       execution: str = "gather") -> LazyDiTPolicy:
+    """The registered LazyDiT policy class `method` over in-memory layers."""
+    cls: Any = METHODS.get(method)
+    if not issubclass(cls, LazyDiTPolicy):
+        raise ValueError(f"method {method!r} is not a LazyDiT method; accepted: lazydit, lazydit-allsteps")
+    return cls.from_layers(layers, threshold, execution)

@@ -1,0 +1,163 @@
+"""LazyDiT with a static schedule: decisions frozen per step x block x branch from a calibration run.
+
+The dynamic policy decides per sample from the branch input; this variant replays one
+decision per (step index, block, branch) for the whole batch, chosen from the decision
+log of a calibration run with the dynamic policy. No score is computed and nothing is
+read back from the device, so a step is a fixed sequence of kernels: what
+`torch.compile`, CUDA graphs and mobile export need.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+import torch.nn as nn
+
+from harness.methods import METHODS, DecisionLog, Policy, RunInfo
+from lazydit.policy import PAPER
+
+SCHEDULE_KEY = "compute"  # bool (S, depth, 2): True = compute the branch at that step for every sample
+
+
+#################################################################################
+#                                 Schedules                                     #
+#################################################################################
+
+def schedule_from_log(log: DecisionLog, target_ratio: float | None = None) -> torch.Tensor:
+    """A static schedule (S, depth, 2) bool from a dynamic run's decisions (all model-batch samples).
+
+    Args:
+        log: the decision log of a calibration run with the dynamic policy.
+        target_ratio: skip exactly this share of the branches, least computed first;
+            None: skip a branch where most calibration samples skipped it.
+    """
+    share = log.branch.float().mean(dim=-1).cpu()  # (S, depth, 2): share of samples computing
+    compute = share >= 0.5
+    if target_ratio is not None:
+        if not 0.0 <= target_ratio < 1.0:
+            raise ValueError(f"target_ratio={target_ratio!r} is out of range; accepted: 0 <= r < 1")
+        order = torch.argsort(share.flatten(), stable=True)  # least computed first
+        skip = torch.zeros(share.numel(), dtype=torch.bool)
+        skip[order[: round(target_ratio * share.numel())]] = True
+        compute = ~skip.view_as(share)
+    compute[-1] = True  # the first denoising step has nothing to reuse
+    return compute
+
+
+def save_schedule(compute: torch.Tensor, path: str | os.PathLike, **extra: Any) -> None:
+    """Writes {"compute": (S, depth, 2) bool, **extra} atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
+    try:
+        torch.save({SCHEDULE_KEY: compute.bool().cpu(), **extra}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_schedule(path: str | os.PathLike) -> torch.Tensor:
+    """The (S, depth, 2) bool compute schedule of a file written by `save_schedule`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"schedule file {str(path)!r} not found; make one with `python -m harness train lazydit-static`")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or SCHEDULE_KEY not in payload:
+        raise ValueError(f"{str(path)!r} is not a LazyDiT schedule: expected a dict with a {SCHEDULE_KEY!r} entry")
+    compute = torch.as_tensor(payload[SCHEDULE_KEY]).bool()
+    if compute.dim() != 3 or compute.shape[-1] != 2:
+        raise ValueError(f"schedule in {str(path)!r} has shape {tuple(compute.shape)}; expected (steps, depth, 2)")
+    return compute
+
+
+def calibrate_schedule(model: nn.Module, weights: str, steps: int | str, class_labels: Sequence[int],
+                       seeds: Sequence[int], cfg_scale: float = 1.5, threshold: float = 0.5,
+                       target_ratio: float | None = None, method: str = "lazydit",
+                       device: str | torch.device = "cpu") -> torch.Tensor:
+    """Runs the dynamic policy on calibration images and freezes its decisions into a schedule.
+
+    Args:
+        model: the DiT the schedule is for.
+        weights: its lazy-weights file.
+        steps: the step budget the weights were trained for.
+        class_labels, seeds: the calibration images.
+        cfg_scale, threshold: as in the runs the schedule will serve.
+        target_ratio: skip exactly this share of branches (None: majority vote).
+        method: "lazydit" or "lazydit-allsteps" (the file's method).
+        device: where the calibration runs.
+    """
+    from harness.sampling import sample
+
+    out = sample(model, class_labels, seeds, steps=steps, cfg_scale=cfg_scale, method=method,
+                 method_args={"weights": weights, "threshold": threshold}, device=device, decode=False)
+    return schedule_from_log(out.decisions, target_ratio)
+
+
+#################################################################################
+#                                  The policy                                   #
+#################################################################################
+
+@METHODS.register("lazydit-static")
+class LazyDiTStaticPolicy(Policy):
+    """LazyDiT with decisions frozen per step x block x branch: no scores, no host reads."""
+
+    @dataclass(frozen=True)
+    class Config:
+        schedule: str = ""  # file from `python -m harness train lazydit-static`
+
+    name: ClassVar[str] = "lazydit-static"
+    paper: ClassVar[str] = PAPER
+
+    def __init__(self, config: "LazyDiTStaticPolicy.Config | None" = None, compute: torch.Tensor | None = None):
+        super().__init__(config)
+        if compute is None:
+            if not self.config.schedule:
+                raise ValueError(f"method {self.name!r} needs method_args['schedule']: the path of a schedule file")
+            compute = load_schedule(self.config.schedule)
+        self.compute = compute.bool().cpu()
+        self.plan: list[tuple[tuple[bool, bool], ...]] = []  # plain Python bools: nothing to read back
+        self.current: tuple[tuple[bool, bool], ...] = ()  # this step's plan (compile guards on it, not on the step)
+        self.cache: list[list[torch.Tensor | None]] = []
+
+    @classmethod
+    def from_schedule(cls, compute: torch.Tensor) -> "LazyDiTStaticPolicy":
+        return cls(cls.Config(schedule=""), compute=compute)
+
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        want = (run.num_steps, run.depth, 2)
+        if tuple(self.compute.shape) != want:
+            raise ValueError(f"schedule of shape {tuple(self.compute.shape)} does not fit a run with (steps, depth, 2) = {want}")
+        plan = self.compute.clone()
+        plan[-1] = True  # the first step computes: nothing cached yet
+        self.plan = [tuple((bool(a), bool(m)) for a, m in step.tolist()) for step in plan]
+        self.log.branch.copy_(plan.to(self.log.branch)[..., None].expand_as(self.log.branch))
+        self.cache = [[None, None] for _ in range(run.depth)]
+
+    def begin_step(self, index: int) -> None:
+        super().begin_step(index)
+        self.current = self.plan[index]
+
+    def finish(self) -> DecisionLog:
+        self.cache = []
+        return super().finish()
+
+    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        if self.current[block][kind]:
+            out = fn(h)
+            self.cache[block][kind] = out
+            return out
+        return self.cache[block][kind]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
