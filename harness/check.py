@@ -1,0 +1,186 @@
+"""The regression gate: fresh records against a committed baseline.
+
+A baseline (JSON) holds, per variant (a cell without its seed set): the mean of every
+quality and fidelity metric over seed sets, the MACs, and the speedup; plus a tolerance
+per quality metric derived from the measured seed-to-seed spread (k x the median standard
+deviation over seed sets of the variants of the same model and resolution). The gate fails
+when quality moves beyond its tolerance (either way: the numbers no longer reproduce),
+when MACs differ at all, or when a speedup falls below baseline x (1 - tolerance).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.suite import Suite
+from harness.tables import (MACS_ALL, MACS_LINEAR, SPEEDUP, aggregate, fmt, metric_info, quality_columns, records_frame,
+                            render_table)
+
+BASELINE_SCHEMA = 1
+MACS_COLUMNS = (MACS_ALL, MACS_LINEAR)
+
+
+def variant_label(row: pd.Series) -> str:
+    return f"{row['model']}@{row['resolution']} {row['method']}({row['params']}) steps={row['steps']} " \
+           f"{row['device']}/{row['dtype']}/bs={row['batch_size']}"
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+# ----------------------------------------------------------------------------------------
+#                                      Baselines
+# ----------------------------------------------------------------------------------------
+
+def pooled_spread(measured: pd.DataFrame) -> dict[str, dict[str, float | None]]:
+    """"model@res" -> metric -> seed-to-seed standard deviation pooled over variants (None without repeated seeds).
+
+    The pool is the median of the variants' standard deviations: robust to a degenerate variant
+    (e.g. a method pushed far past its useful range) whose spread would otherwise loosen every tolerance.
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    for (model, resolution), group in measured.groupby(["model", "resolution"], sort=True):
+        spreads = {}
+        repeated = group[group["n_seeds"] > 1]
+        for col in quality_columns(group):
+            stds = repeated[col + ":std"].dropna()
+            spreads[col] = float(stds.median()) if len(stds) else None
+        out[f"{model}@{resolution}"] = spreads
+    return out
+
+
+def make_baseline(suite: Suite, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A baseline from records: per-variant means, MACs, speedups and spread-derived tolerances.
+
+    Args:
+        suite: the suite (its `check` section gives k, the floor and the speedup tolerance).
+        records: the suite's current records (`tables.current_records`).
+    """
+    measured = aggregate(records_frame(records))
+    if measured.empty:
+        raise ValueError(f"no records of suite {suite.name!r} to make a baseline from")
+    spread = pooled_spread(measured)
+    variants = {}
+    for _, row in measured.iterrows():
+        group_spread = spread[f"{row['model']}@{row['resolution']}"]
+        quality, tolerance = {}, {}
+        for col in quality_columns(measured):
+            if _number(row[col]) is None:
+                continue
+            quality[col] = float(row[col])
+            sigma = group_spread.get(col)
+            tolerance[col] = max(suite.check.quality_k * sigma, suite.check.quality_floor) if sigma is not None \
+                else suite.check.quality_floor
+        variants[row["variant_hash"]] = {
+            "label": variant_label(row), "n_seeds": int(row["n_seeds"]), "quality": quality,
+            "quality_tolerance": tolerance,
+            "macs": {c: float(row[c]) for c in MACS_COLUMNS if c in row and _number(row[c]) is not None},
+            "speedup": _number(row.get(SPEEDUP)),
+        }
+    return {
+        "schema": BASELINE_SCHEMA, "suite": suite.name,
+        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "git_commit": next((r["provenance"].get("git_commit") for r in records), None),
+        "tolerances": {"quality_k": suite.check.quality_k, "quality_floor": suite.check.quality_floor,
+                       "speedup_tolerance": suite.check.speedup_tolerance},
+        "spread": spread, "variants": dict(sorted(variants.items())),
+    }
+
+
+def write_baseline(path: str | os.PathLike, baseline: dict[str, Any]) -> Path:
+    """Writes the baseline JSON atomically (sorted keys, so diffs stay small)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_baseline(path: str | os.PathLike, suite: Suite) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"baseline {str(path)!r} does not exist; write one with "
+                                f"`python -m harness check {suite.name} --baseline {path} --write-baseline`")
+    baseline = json.loads(path.read_text())
+    if baseline.get("suite") != suite.name:
+        raise ValueError(f"baseline {str(path)!r} is for suite {baseline.get('suite')!r}, not {suite.name!r}")
+    return baseline
+
+
+# ----------------------------------------------------------------------------------------
+#                                       The gate
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class Violation:
+    variant: str
+    check: str  # "quality", "macs", "speedup", "missing"
+    metric: str
+    baseline: str
+    fresh: str
+    allowed: str
+
+    def row(self) -> dict[str, str]:
+        return {"variant": self.variant, "check": self.check, "metric": self.metric, "baseline": self.baseline,
+                "fresh": self.fresh, "allowed": self.allowed}
+
+
+def compare(baseline: dict[str, Any], records: list[dict[str, Any]]) -> tuple[list[Violation], list[str]]:
+    """Violations of the gate, and notes (variants that are new since the baseline).
+
+    Args:
+        baseline: a baseline from `make_baseline` / `read_baseline`.
+        records: the fresh records of the same suite.
+    """
+    measured = aggregate(records_frame(records))
+    fresh = {row["variant_hash"]: row for _, row in measured.iterrows()}
+    speedup_tol = baseline["tolerances"]["speedup_tolerance"]
+    violations, notes = [], []
+    for key, base in baseline["variants"].items():
+        row = fresh.get(key)
+        if row is None:
+            violations.append(Violation(base["label"], "missing", "-", "recorded", "no record", "a record"))
+            continue
+        violations += _quality_violations(base, row)
+        for col, value in base["macs"].items():
+            now = _number(row.get(col))
+            if now != value:
+                violations.append(Violation(base["label"], "macs", col, f"{value:.0f}",
+                                            "—" if now is None else f"{now:.0f}", "exactly equal"))
+        now, then = _number(row.get(SPEEDUP)), base.get("speedup")
+        if then is not None and (now is None or now < then * (1 - speedup_tol)):
+            violations.append(Violation(base["label"], "speedup", "speedup", fmt(then), fmt(now),
+                                        f">= {fmt(then * (1 - speedup_tol))}"))
+    for key, row in fresh.items():
+        if key not in baseline["variants"]:
+            notes.append(f"new variant not in the baseline (not gated): {variant_label(row)}")
+    return violations, notes
+
+
+def _quality_violations(base: dict[str, Any], row: pd.Series) -> list[Violation]:
+    out = []
+    for col, value in base["quality"].items():
+        tol = base["quality_tolerance"][col]
+        now = _number(row.get(col))
+        if now is not None and abs(now - value) <= tol:
+            continue
+        info = metric_info(col)
+        direction = ""
+        if now is not None and info.higher_is_better is not None:
+            direction = " (better)" if (now > value) == info.higher_is_better else " (worse)"
+        out.append(Violation(base["label"], "quality", col, fmt(value), ("—" if now is None else fmt(now)) + direction,
+                             f"± {fmt(tol)}"))
+    return out
+
+
+def violations_table(violations: list[Violation]) -> str:
+    return render_table(pd.DataFrame([v.row() for v in violations]), "markdown")

@@ -1,0 +1,84 @@
+"""Pareto plots: quality vs MACs and quality vs latency, one PNG per model and resolution.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend switch),
+and writes PNGs without a timestamp so the same records give the same bytes.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from harness.tables import FULL_COMPUTE, LATENCY, MACS_LINEAR, macs_unit, metric_info, section_file_stem, section_groups
+
+TITLES = {"macs": "MACs", "latency": "latency"}
+LOG_SCALE_RATIO = 5.0  # quality spanning more than this factor is drawn on a log axis
+AXES = {"macs": (MACS_LINEAR, "MACs per image (linear layers, no CFG doubling)"),
+        "latency": (LATENCY, "latency p50 (s)")}
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Indices of the points no other point beats on both cost (x, lower) and quality (y), by cost."""
+    order = np.lexsort((-y if higher_is_better else y, x))
+    front, best = [], None
+    for i in order:
+        if best is None or (y[i] > best if higher_is_better else y[i] < best):
+            front.append(i)
+            best = y[i]
+    return np.asarray(front, dtype=int)
+
+
+def pareto_png(table: pd.DataFrame, axis: str, primary: str, title: str) -> bytes | None:
+    """One Pareto plot as PNG bytes; None when the table lacks the cost or the quality column."""
+    x_col, x_label = AXES[axis]
+    y_col = f"quality.{primary}"
+    if x_col not in table or y_col not in table:
+        return None
+    data = table[[x_col, y_col, "method", "params", "steps"]].dropna(subset=[x_col, y_col])
+    if data.empty:
+        return None
+    scale, unit = 1.0, ""
+    if axis == "macs":
+        unit, scale = macs_unit(data[x_col])
+        x_label = x_label.replace("MACs", unit)
+    info = metric_info(primary)
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for (method, params), group in data.groupby(["method", "params"], sort=True):
+        group = group.sort_values(x_col)
+        label = method if params == "-" else f"{method} {params}"
+        style = "-o" if method == FULL_COMPUTE else "--s"
+        ax.plot(group[x_col] / scale, group[y_col], style, label=label, markersize=5)
+        for _, row in group.iterrows():
+            ax.annotate(str(row["steps"]), (row[x_col] / scale, row[y_col]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    x, y = data[x_col].to_numpy(float), data[y_col].to_numpy(float)
+    front = pareto_front(x, y, bool(info.higher_is_better))
+    ax.step(x[front] / scale, y[front], where="post", color="0.5", linewidth=1, alpha=0.6, label="Pareto front")
+    arrow = {True: " (higher is better)", False: " (lower is better)", None: ""}[info.higher_is_better]
+    if y.min() > 0 and y.max() / y.min() > LOG_SCALE_RATIO:
+        ax.set_yscale("log")  # a very lazy outlier would otherwise flatten the interesting part
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(info.label + arrow)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def suite_plots(measured: pd.DataFrame, primary: str, suite_name: str) -> dict[str, bytes]:
+    """File name -> PNG bytes: pareto-<model>-<res>-{macs,latency}.png for each model and resolution."""
+    files = {}
+    for (model, resolution), table in section_groups(measured):
+        for axis in AXES:
+            png = pareto_png(table, axis, primary, f"{suite_name}: {model} @ {resolution}px, quality vs {TITLES[axis]}")
+            if png is not None:
+                files[f"pareto-{section_file_stem(model, resolution)}-{axis}.png"] = png
+    return files

@@ -1,0 +1,387 @@
+"""The runner: executes a suite's cells and appends one record per cell.
+
+Per cell: sample with the method policy (`harness.sample`), then quality, fidelity to the
+full-compute DDIM reference, MACs from the decision log, latency (method and full DDIM at
+the same steps, interleaved, so the speedup is a ratio within one run), memory, laziness
+and provenance. Cells whose config hash is already recorded are skipped with `resume`;
+a failed cell is reported and the run goes on, then ends with a non-zero status.
+
+Each measurement goes through one small adapter function below, the only place that
+knows the entry point of `harness.metrics` / `harness.cost`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fnmatch
+import hashlib
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from harness.methods import DecisionLog, Policy, create_policy
+from harness.models import build_model, load_model
+from harness.registry import Registry
+from harness.sampling import SampleOutput, sample
+from harness.store import RECORDS_FILE, RecordStore
+from harness.suite import SCHEMA_VERSION, Cell, Suite
+
+RECORD_SCHEMA = SCHEMA_VERSION
+FULL_COMPUTE = "ddim"
+SEED_DERIVATION = "numpy.random.SeedSequence([suite_seed, i]).generate_state(1, uint32)[0] >> 1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_KEPT_BYTES = 256 << 20  # DDIM outputs kept in memory as fidelity references for the rest of the run
+
+# Quality evaluators: name -> fn(images uint8 NHWC, labels, model, cell, reference path, **evaluator_args) -> {metric: value}.
+EVALUATORS: Registry[Callable[..., dict[str, float]]] = Registry("quality evaluator")
+
+
+# ----------------------------------------------------------------------------------------
+#                    Adapters: one per measurement (the wiring to harness.metrics/cost)
+# ----------------------------------------------------------------------------------------
+
+@EVALUATORS.register("domain")
+def domain_quality(images: np.ndarray, labels: list[int], model: nn.Module, cell: Cell, reference: str | None,
+                   **options: Any) -> dict[str, float]:
+    """Domain FID / KID / precision / recall / conditional accuracy of the embedded models."""
+    from harness.metrics.domain import domain_metrics
+
+    return domain_metrics(images, model.spec.name, labels=labels, **options)
+
+
+@EVALUATORS.register("inception")
+def inception_quality(images: np.ndarray, labels: list[int], model: nn.Module, cell: Cell, reference: str | None,
+                      **options: Any) -> dict[str, float]:
+    """FID / sFID / IS / precision / recall against an ADM reference batch."""
+    from harness.metrics.quality import compute_quality_metrics
+
+    return compute_quality_metrics(images, reference=reference, device=cell.device, **options)
+
+
+def default_evaluator(cell: Cell) -> str | None:
+    """Embedded models use the domain evaluator, real models Inception; random weights none."""
+    if cell.evaluator:
+        return cell.evaluator
+    if cell.random_init:
+        return None
+    return "domain" if cell.model.lower().startswith("embedded/") else "inception"
+
+
+def fidelity_metrics(out: SampleOutput, model: nn.Module, cell: Cell, same_run: SampleOutput | None) -> dict[str, Any]:
+    """PSNR / SSIM of the images and MSE of the latents against full-compute DDIM (same seeds, labels, steps).
+
+    The reference is this run's DDIM cell with the same seeds and steps when there is one, else
+    `full_compute_reference`, sampled once and cached by content hash.
+    """
+    from harness.metrics.fidelity import FullComputeReference, compute_fidelity_metrics, full_compute_reference
+
+    if same_run is not None:
+        reference = FullComputeReference("same-run ddim cell", same_run.latents, same_run.images)
+    else:
+        reference = full_compute_reference(model, cell.class_labels(model.spec.num_classes), cell.image_seeds(),
+                                           cell.steps, cell.cfg_scale, decode=out.images is not None,
+                                           device=cell.device, dtype=DTYPES[cell.dtype], batch_size=cell.batch_size)
+    return compute_fidelity_metrics(out.images, out.latents, reference)
+
+
+def macs_metrics(model: nn.Module, decisions: DecisionLog) -> dict[str, float]:
+    """MACs per image in both conventions, from the decision log and the model's per-branch cost table."""
+    from harness.cost import cost_table, macs_from_log
+
+    return macs_from_log(cost_table(model), decisions)
+
+
+def latency_metrics(run_method: Callable[[], Any], run_ddim: Callable[[], Any] | None, cell: Cell) -> dict[str, Any]:
+    """The method's latency and, interleaved in the same run, full DDIM's at the same steps; speedup = ratio."""
+    from harness.cost.latency import compare_latency
+
+    fns = {"method": run_method, **({"ddim": run_ddim} if run_ddim else {})}
+    scope = "end_to_end" if cell.latency.decode else "sampler"
+    lats = compare_latency(fns, cell.device, cell.latency.warmup, cell.latency.repeats, scope, "eager")
+    out = {**lats["method"].to_dict(), "images": cell.latency.batch, "speedup": 1.0}
+    if run_ddim:
+        out["ddim"] = lats["ddim"].to_dict()
+        out["speedup"] = lats["ddim"].median_s / lats["method"].median_s
+    return out
+
+
+@contextlib.contextmanager
+def memory_metrics(device: str) -> Iterator[dict[str, Any]]:
+    """Peak RSS and, on CUDA, peak allocated memory of the code inside (filled on exit)."""
+    from harness.cost.memory import track_peak_memory
+
+    out: dict[str, Any] = {}
+    with track_peak_memory(device) as peak:
+        yield out
+    out.update(peak.to_dict())
+
+
+def input_files(cell: Cell, base_dir: Path | None, model: nn.Module | None = None) -> dict[str, str | None]:
+    """role -> path of the files a cell's numbers depend on beyond its config (weights, reference, method files)."""
+    checkpoint = getattr(model, "checkpoint_path", None) if model is not None else locate_checkpoint(cell, base_dir)
+    args = resolve_args(cell.method_args, base_dir)
+    return {"checkpoint": checkpoint,
+            "reference": resolve_path(cell.reference, base_dir) if cell.reference else None,
+            **{f"method_{k}": v for k, v in args.items() if isinstance(v, str) and v and Path(v).is_file()}}
+
+
+def locate_checkpoint(cell: Cell, base_dir: Path | None) -> str | None:
+    """The weights file a cell will load, without loading it (None: random init or not found)."""
+    from harness.models import zoo
+    from harness.models.checkpoints import resolve_checkpoint
+
+    if cell.random_init:
+        return None
+    try:
+        if cell.checkpoint:
+            return str(resolve_checkpoint(cell.model, resolve_path(cell.checkpoint, base_dir), cell.resolution))
+        entry = zoo.shipped_models().get(zoo.canonical_name(cell.model)) if zoo.is_embedded(cell.model) else None
+        return str(zoo.ZOO_DIR / entry["file"]) if entry else None
+    except (FileNotFoundError, ValueError):
+        return None  # the run itself will say what is missing
+
+
+def inputs_changed(cell: Cell, record: dict[str, Any], base_dir: Path | None) -> list[str]:
+    """Roles whose file differs from the one the record was measured with (a stale record to re-run)."""
+    from harness.provenance import file_hashes
+
+    recorded = record.get("provenance", {}).get("files_sha256", {})
+    now = file_hashes(input_files(cell, base_dir))
+    return sorted(role for role, sha in now.items() if recorded.get(role) != sha)
+
+
+def provenance(cell: Cell, model: nn.Module, base_dir: Path | None) -> dict[str, Any]:
+    """Versions, device, threads, TF32, git commit, the cell's config hash and the sha256 of its files."""
+    from harness.provenance import collect_provenance
+
+    out = collect_provenance(files=input_files(cell, base_dir, model), device=cell.device)
+    out["config_hash"] = cell.config_hash()
+    out.update(evaluator_provenance(cell, model))
+    return out
+
+
+def evaluator_provenance(cell: Cell, model: nn.Module) -> dict[str, Any]:
+    """Hashes of the quality evaluator's feature extractor and reference statistics."""
+    evaluator = default_evaluator(cell) if cell.measures("quality") else None
+    if evaluator == "domain":
+        from harness.metrics.domain import domain_provenance
+
+        return domain_provenance(model.spec.name)
+    return {}
+
+
+def load_cell_model(cell: Cell, base_dir: Path | None) -> nn.Module:
+    """The cell's model: random init, a checkpoint (path relative to the suite file or cwd), or embedded."""
+    size = {"image_size": cell.resolution} if cell.resolution is not None else {}
+    if cell.random_init:
+        model = build_model(cell.model, **size)
+    elif cell.checkpoint:
+        model = load_model(cell.model, resolve_path(cell.checkpoint, base_dir), image_size=cell.resolution)
+    else:
+        model = load_model(cell.model)
+    if cell.resolution is not None and model.spec.image_size != cell.resolution:
+        raise ValueError(f"{cell.model} has resolution {model.spec.image_size}; the suite asks for {cell.resolution}")
+    return model.eval()
+
+
+def resolve_args(args: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """Method arguments with relative file paths (e.g. lazy weights) looked up next to the suite file first."""
+    return {k: resolve_path(v, base_dir) if isinstance(v, str) and v else v for k, v in args.items()}
+
+
+def resolve_path(path: str, base_dir: Path | None) -> str:
+    """A relative path is looked up next to the suite file first, then as given."""
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).exists():
+        return str(base_dir / candidate)
+    return str(candidate)
+
+
+# ----------------------------------------------------------------------------------------
+#                                       One cell
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class RunContext:
+    """What cells of one run share: loaded models and full-compute references."""
+
+    base_dir: Path | None = None
+    models: dict[tuple, nn.Module] = field(default_factory=dict)
+    references: dict[tuple, SampleOutput] = field(default_factory=dict)
+
+    def model(self, cell: Cell) -> nn.Module:
+        key = (cell.model, cell.resolution, cell.checkpoint, cell.random_init)
+        if key not in self.models:
+            torch.manual_seed(0)  # random-init models are the same in every run
+            self.models[key] = load_cell_model(cell, self.base_dir)
+        return self.models[key]
+
+
+def reference_key(cell: Cell) -> tuple:
+    return (cell.model, cell.resolution, cell.checkpoint, cell.random_init, str(cell.steps), cell.seed,
+            cell.num_samples, cell.cfg_scale, cell.device, cell.dtype)
+
+
+def sample_cell(model: nn.Module, cell: Cell, method: str | Policy, args: dict[str, Any] | None = None,
+                n: int | None = None, decode: bool = True) -> SampleOutput:
+    """Samples the cell's first `n` images (default all) with `method` (a name or a ready policy)."""
+    n = cell.num_samples if n is None else n
+    return sample(model, cell.class_labels(model.spec.num_classes, n), cell.image_seeds(n), steps=cell.steps,
+                  cfg_scale=cell.cfg_scale, method=method, method_args=args, device=cell.device,
+                  dtype=DTYPES[cell.dtype], decode=decode, batch_size=min(cell.batch_size, n))
+
+
+def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
+    """Runs one cell and returns its record (DESIGN.md "Records").
+
+    Args:
+        cell: the cell to run.
+        ctx: what the run's cells share (loaded models, DDIM references, the suite file's folder).
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    model = ctx.model(cell)
+    args = resolve_args(cell.method_args, ctx.base_dir)
+    policy = create_policy(cell.method, args)
+    wall = time.perf_counter()
+    decode = cell.measures("quality") or cell.measures("fidelity")  # cost-only cells need no VAE
+    with memory_metrics(cell.device) as memory:
+        out = sample_cell(model, cell, policy, args, decode=decode)
+    metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": out.decisions.lazy_ratio(),
+               **({"memory": memory} if cell.measures("memory") else {}), **measure(cell, ctx, model, policy, out)}
+    finished = dt.datetime.now(dt.timezone.utc)
+    return {
+        "schema": RECORD_SCHEMA, "status": "ok", "suite": cell.suite, "cell_id": cell.cell_id(),
+        "config_hash": cell.config_hash(), "variant_hash": cell.variant_hash(), "cell": cell.to_dict(),
+        "method_parameters": policy.parameters(), "model_info": model_info(model),
+        "seeds": {"suite_seed": cell.seed, "count": cell.num_samples, "derivation": SEED_DERIVATION,
+                  "first": cell.image_seeds(min(4, cell.num_samples)), "labels": "i mod num_classes",
+                  "sha256": hashlib.sha256(str(cell.image_seeds()).encode()).hexdigest()},
+        "metrics": metrics, "provenance": provenance(cell, model, ctx.base_dir),
+        "timestamps": {"started": started.isoformat(), "finished": finished.isoformat(),
+                       "wall_s": (finished - started).total_seconds()},
+    }
+
+
+def measure(cell: Cell, ctx: RunContext, model: nn.Module, policy: Policy, out: SampleOutput) -> dict[str, Any]:
+    """The cell's metric groups: quality, fidelity, MACs and latency, as the cell asks."""
+    is_reference = cell.method == FULL_COMPUTE
+    if is_reference and out.latents.nbytes + (0 if out.images is None else out.images.nbytes) <= MAX_KEPT_BYTES:
+        ctx.references[reference_key(cell)] = out
+    metrics: dict[str, Any] = {}
+    if cell.measures("quality"):
+        evaluator = default_evaluator(cell)
+        reference = resolve_path(cell.reference, ctx.base_dir) if cell.reference else None
+        metrics["quality"] = {} if evaluator is None else EVALUATORS.get(evaluator)(
+            out.images, cell.class_labels(model.spec.num_classes), model, cell, reference, **cell.evaluator_args)
+    if cell.measures("fidelity"):
+        metrics["fidelity"] = {"reference": "self"} if is_reference else \
+            fidelity_metrics(out, model, cell, ctx.references.get(reference_key(cell)))
+    if cell.measures("macs"):
+        metrics["macs"] = macs_metrics(model, out.decisions)
+    if cell.measures("latency"):
+        n, decode = min(cell.latency.batch, cell.num_samples), cell.latency.decode
+        run_method = lambda: sample_cell(model, cell, policy, n=n, decode=decode)  # noqa: E731
+        run_ddim = None if is_reference else (lambda: sample_cell(model, cell, FULL_COMPUTE, n=n, decode=decode))
+        metrics["latency"] = latency_metrics(run_method, run_ddim, cell)
+    return metrics
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    spec = model.spec
+    return {"name": spec.name, "image_size": spec.image_size, "latent_size": spec.latent_size,
+            "in_channels": spec.in_channels, "num_classes": spec.num_classes, "depth": model.depth,
+            "hidden_size": model.config.hidden_size, "num_tokens": model.num_tokens,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+# ----------------------------------------------------------------------------------------
+#                                        The sweep
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    ran: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    records_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def select_cells(cells: list[Cell], only: str | None) -> list[Cell]:
+    """Cells matching every comma-separated term: `field=glob` (e.g. steps=1?, method=lazy*) or a cell-id substring."""
+    if not only:
+        return cells
+    terms = [t.strip() for t in only.split(",") if t.strip()]
+    fields = set(cells[0].to_dict()) if cells else set()
+
+    def matches(cell: Cell, term: str) -> bool:
+        if not re.match(r"^[a-z_]+=", term):
+            return term in cell.cell_id()
+        key, pattern = (s.strip() for s in term.split("=", 1))
+        if key not in fields:
+            raise ValueError(f"unknown field {key!r} in --only {only!r}; accepted: {', '.join(sorted(fields))}")
+        return fnmatch.fnmatchcase(str(getattr(cell, key)), pattern)
+
+    return [c for c in cells if all(matches(c, t) for t in terms)]
+
+
+def run_suite(suite: Suite, results_dir: str | os.PathLike, only: str | None = None, resume: bool = False,
+              progress: bool = True, base_dir: Path | None = None) -> RunSummary:
+    """Runs the suite's (selected) cells, appending one record per finished cell.
+
+    Args:
+        suite: the parsed suite.
+        results_dir: records go to results_dir/<suite>/records.jsonl.
+        only: a cell filter (see `select_cells`).
+        resume: skip cells whose config hash already has a record measured with the same files
+            (weights, reference, method files: a changed file makes the record stale).
+        progress: show a tqdm bar on stderr.
+        base_dir: folder that relative checkpoint paths are looked up in first (the suite file's).
+    """
+    store = RecordStore.for_suite(results_dir, suite.name)
+    cells = select_cells(suite.cells(), only)
+    if not cells:
+        raise ValueError(f"--only {only!r} selects none of the suite's {len(suite.cells())} cells")
+    done = store.latest(store.read()) if resume else {}
+    summary = RunSummary(records_path=store.path)
+    ctx = RunContext(base_dir=base_dir)
+    store._prepare()  # fail on an unwritable folder before any work
+    bar = tqdm(cells, desc=suite.name, unit="cell", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    for cell in bar:
+        record = done.get(cell.config_hash())
+        if record is not None:
+            changed = inputs_changed(cell, record, base_dir)
+            if not changed:
+                summary.skipped += 1
+                continue
+            tqdm.write(f"re-running {cell.cell_id()}: {', '.join(changed)} changed since its record", file=sys.stderr)
+        bar.set_postfix_str(cell.cell_id(), refresh=True)
+        try:
+            record = run_cell(cell, ctx)
+        except Exception as err:  # noqa: BLE001  a failed cell is reported, the sweep goes on
+            summary.failed.append((cell.cell_id(), f"{type(err).__name__}: {err}"))
+            tqdm.write(f"FAILED {cell.cell_id()}: {type(err).__name__}: {err}", file=sys.stderr)
+            if os.environ.get("HARNESS_TRACEBACK"):
+                traceback.print_exc()
+            continue
+        store.append(record)
+        summary.ran += 1
+    bar.close()
+    store.compact()
+    return summary
+
+
+__all__ = ["run_suite", "run_cell", "select_cells", "RunSummary", "EVALUATORS", "RECORDS_FILE"]
