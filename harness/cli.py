@@ -28,11 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
-        try:
-            importlib.import_module(module).add_parser(sub)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # a real import error inside the command
-                raise
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -16,8 +16,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     trainers = parser.add_subparsers(dest="trainer", required=True, metavar="WHAT")
     for module in TRAINER_MODULES:
-        try:
-            importlib.import_module(module).add_parser(trainers)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+        importlib.import_module(module).add_parser(trainers)
