@@ -19,17 +19,7 @@ import torch
 from harness import build_model
 from harness.diffusion import Diffusion, model_output_with_cfg
 from harness.methods import Policy
-from harness.models.dit import modulate
-
-
-def hook_free_forward(model, x, t, y, policy=None):
-    """facebookresearch/DiT's forward, with no policy anywhere."""
-    x, c = model.embed(x, t, y)
-    for block in model.blocks:
-        s1, sc1, g1, s2, sc2, g2 = block.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + g1.unsqueeze(1) * block.attn(modulate(block.norm1(x), s1, sc1))
-        x = x + g2.unsqueeze(1) * block.mlp(modulate(block.norm2(x), s2, sc2))
-    return model.unpatchify(model.final_layer(x, c))
+from harness.models.dit import plain_forward
 
 
 @torch.no_grad()
@@ -56,8 +46,8 @@ def main() -> None:
     z = torch.randn(args.batch, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(args.batch) % 10
     hooked = lambda: ddim_loop(model, model, z, labels, args.steps, 1.5)  # noqa: E731
-    plain_forward = lambda x, t, y, policy: hook_free_forward(model, x, t, y)  # noqa: E731
-    plain = lambda: ddim_loop(plain_forward, model, z, labels, args.steps, 1.5)  # noqa: E731
+    hook_free = lambda x, t, y, policy: plain_forward(model, x, t, y)  # noqa: E731
+    plain = lambda: ddim_loop(hook_free, model, z, labels, args.steps, 1.5)  # noqa: E731
     assert torch.equal(hooked(), plain()), "the hook path must compute exactly the plain forward"
     ratios, times = [], {"hooked": [], "hook_free": []}
     pair = [("hooked", hooked), ("hook_free", plain)]

@@ -46,6 +46,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     threads: int | None = None
+    init_from: str | None = None  # a run's checkpoint.pt to continue from (model and EMA; a fresh optimizer)
 
 
 #################################################################################
@@ -169,7 +170,12 @@ def train_embedded(config: TrainConfig, out_dir: str | os.PathLike, progress: bo
     torch.manual_seed(config.seed)
     model = build_model(config.name)
     data = load_digits_split("train", model.spec.image_size)
+    if config.init_from:
+        previous = torch.load(config.init_from, map_location="cpu", weights_only=True)
+        model.load_state_dict(previous["model"])
     ema = copy.deepcopy(model).requires_grad_(False)
+    if config.init_from:
+        ema.load_state_dict(previous["ema"])
     model.train()
     ema.eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

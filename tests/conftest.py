@@ -18,6 +18,15 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: small GEMMs on a shared 2-core machine run far faster without OpenMP spinning."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_latent_dit() -> torch.nn.Module:
     """A 4-channel latent DiT (so DiT's 3-of-4-channel CFG quirk applies), 16 tokens."""
     return randomize(build_model("DiT-S/2", image_size=64, depth=3, hidden_size=64, num_heads=4, num_classes=10))

@@ -19,13 +19,7 @@ LABELS, SEEDS = [1, 7, 3], [0, 1, 2]
 BIG = 1e3  # saturates a score: sigmoid(+-BIG * positive) is 1 or 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small GEMMs on a shared 2-core machine run ~100x faster without OpenMP spinning."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_dit(seed: int = 0, shift: float = 0.0):

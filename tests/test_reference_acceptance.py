@@ -26,10 +26,10 @@ from harness.diffusion import Diffusion
 from harness.sampling import SamplingLoop
 
 REFERENCE_DIR = os.environ.get("DIT_REFERENCE_DIR")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(
     not REFERENCE_DIR,
     reason="set DIT_REFERENCE_DIR to a checkout of facebookresearch/DiT (and pip install timm) to compare with it",
-)
+)]
 
 NUM_CLASSES = 10  # null label = 10
 # DiT-S/2's block layout, narrowed and made shallow so that a 25-step loop takes a second on 2 cores.
@@ -65,13 +65,6 @@ def ref() -> SimpleNamespace:
                            gd=sys.modules["_dit_reference_diffusion.gaussian_diffusion"], models=models)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the shared 2-core machine is faster this way and results are reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def randomize_state(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -7,19 +7,9 @@ import torch
 from harness import sample
 from harness.diffusion import Diffusion, model_output_with_cfg
 from harness.methods import ATTN, Policy
-from harness.models.dit import modulate
+from harness.models.dit import plain_forward
 
 LABELS, SEEDS = [1, 2, 3, 4, 5], [10, 11, 12, 13, 14]
-
-
-def hook_free_forward(model, x, t, y):
-    """DiT's forward written out without any policy, as in facebookresearch/DiT's models.py."""
-    x, c = model.embed(x, t, y)
-    for block in model.blocks:
-        s1, sc1, g1, s2, sc2, g2 = block.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + g1.unsqueeze(1) * block.attn(modulate(block.norm1(x), s1, sc1))
-        x = x + g2.unsqueeze(1) * block.mlp(modulate(block.norm2(x), s2, sc2))
-    return model.unpatchify(model.final_layer(x, c))
 
 
 def test_same_seeds_give_bit_identical_latents_whatever_the_batch_size(tiny_latent_dit):
@@ -57,7 +47,7 @@ def test_ddim_through_the_hooks_equals_a_hook_free_loop(tiny_latent_dit):
     with torch.no_grad():
         for index in reversed(range(steps)):
             t = torch.full((6,), diffusion.timestep_map[index])
-            plain = lambda x_, t_, y_, policy: hook_free_forward(model, x_, t_, y_)  # noqa: E731
+            plain = lambda x_, t_, y_, policy: plain_forward(model, x_, t_, y_)  # noqa: E731
             out = model_output_with_cfg(plain, x, t, y, scale, 3, Policy())
             x = diffusion.ddim_step(out, x, index)
     hooked = sample(model, [1, 2, 3], [0, 0, 0], steps=steps, cfg_scale=scale, noise=z, decode=False, batch_invariant=False)

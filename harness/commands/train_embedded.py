@@ -28,6 +28,7 @@ def add_parser(trainers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     parser.add_argument("--log-every", type=int, default=defaults.log_every, help="loss.csv row interval (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--init-from", default=None, help="continue from a run's checkpoint.pt (model and EMA)")
     parser.add_argument("--out", default=None, help="run folder for loss.csv and checkpoint.pt "
                         "(default: $HARNESS_CACHE_DIR or ~/.cache/lazydit-harness, then runs/<name>)")
     parser.add_argument("--install", action="store_true", help="afterwards write the fp16 EMA weights and manifest entry to harness/zoo")
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     name = canonical_name(args.name)
     config = TrainConfig(name=name, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
-                         seed=args.seed, log_every=args.log_every, threads=args.threads)
+                         seed=args.seed, log_every=args.log_every, threads=args.threads, init_from=args.init_from)
     out = args.out or default_run_dir(name)
     command = "python -m harness " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     summary = train_embedded(config, out)

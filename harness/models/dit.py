@@ -258,6 +258,16 @@ class DiT(nn.Module):
         return self.unpatchify(x)  # (N, out_channels, H, W)
 
 
+def plain_forward(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """facebookresearch/DiT's forward with no policy anywhere: what the hook path must equal bit for bit."""
+    x, c = model.embed(x, t, y)
+    for block in model.blocks:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * block.attn(modulate(block.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * block.mlp(modulate(block.norm2(x), shift_mlp, scale_mlp))
+    return model.unpatchify(model.final_layer(x, c))
+
+
 #################################################################################
 #                   Sine/Cosine Positional Embedding Functions                  #
 #################################################################################
