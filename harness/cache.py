@@ -38,6 +38,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -49,8 +50,25 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
     return path
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    return atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:
+    return atomic_write_bytes(path, (json.dumps(data, indent=indent, sort_keys=True) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` with the all-or-nothing guarantee of `atomic_write_bytes`."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def cached_json(kind: str, key: str, compute: Callable[[], Any]) -> Any:

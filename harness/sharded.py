@@ -6,6 +6,7 @@ seeds[i] alone, the union equals a single-process run image for image.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from harness.cache import atomic_write_bytes
 from harness.sampling import sample
 
 
@@ -53,9 +55,9 @@ def torchrun_group() -> Iterator[tuple[int, int]]:
 
 def save_npz_atomic(path: Path, images: np.ndarray) -> None:
     """Writes `arr_0` (uint8 N, H, W, C), the layout the ADM evaluator reads, via a temporary file."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, arr_0=images)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, arr_0=images)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_pngs(folder: Path, images: np.ndarray, indices: Sequence[int]) -> None:

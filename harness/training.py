@@ -14,7 +14,6 @@ import csv
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from harness.cache import atomic_torch_save
 from harness.data import load_digits_split
 from harness.diffusion import NUM_TRAIN_TIMESTEPS, Diffusion, _at
 from harness.models import build_model
@@ -146,14 +146,6 @@ class BatchStream:
         return batch
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-    os.replace(tmp, path)
-
-
 def train_embedded(config: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Trains one embedded DiT; writes `loss.csv` and `checkpoint.pt` (model, EMA, summary) to `out_dir`.
 
@@ -208,7 +200,7 @@ def train_embedded(config: TrainConfig, out_dir: str | os.PathLike, progress: bo
                 final_loss, window = float(mean[0]), []
             if step % config.checkpoint_every == 0 or step == config.steps:
                 summary = run_summary(config, step, final_loss, time.perf_counter() - start, data.data_hash)
-                save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "summary": summary}, out / CHECKPOINT)
+                atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "summary": summary}, out / CHECKPOINT)
     return summary
 
 

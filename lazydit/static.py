@@ -9,7 +9,6 @@ read back from the device, so a step is a fixed sequence of kernels: what
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -17,6 +16,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 import torch.nn as nn
 
+from harness.cache import atomic_torch_save
 from harness.methods import METHODS, DecisionLog, Policy, RunInfo
 from lazydit.policy import PAPER
 
@@ -50,17 +50,7 @@ def schedule_from_log(log: DecisionLog, target_ratio: float | None = None) -> to
 
 def save_schedule(compute: torch.Tensor, path: str | os.PathLike, **extra: Any) -> None:
     """Writes {"compute": (S, depth, 2) bool, **extra} atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
-    try:
-        torch.save({SCHEDULE_KEY: compute.bool().cpu(), **extra}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save({SCHEDULE_KEY: compute.bool().cpu(), **extra}, path)
 
 
 def load_schedule(path: str | os.PathLike) -> torch.Tensor:
@@ -155,9 +145,3 @@ class LazyDiTStaticPolicy(Policy):
             self.cache[block][kind] = out
             return out
         return self.cache[block][kind]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.cache import atomic_torch_save
 from harness.methods import BRANCHES
 from lazydit.layers import LazyLayers
 
@@ -70,18 +70,8 @@ def save_lazy_weights(layers: LazyLayers, path: str | os.PathLike, **extra: Any)
         path: destination file (.pt).
         extra: plain values stored next to "model" (e.g. method="lazydit", threshold=0.5).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {WEIGHTS_KEY: layers_to_state(layers), "steps": layers.num_steps, **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save(payload, path)
 
 
 def read_lazy_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -102,9 +92,3 @@ def load_lazy_weights(path: str | os.PathLike) -> LazyLayers:
         path: a .pt file whose "model" entry maps block_B_(attn|mlp)_lazy_learning_weight_I to (1, hidden).
     """
     return layers_from_state(read_lazy_file(path)[WEIGHTS_KEY])
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -99,7 +99,7 @@ def _run_decisions(model_name, image_size, steps, policy, cfg_scale, num_images,
         model, source = load_model(model_name, ckpt, image_size=image_size), "run"
     else:
         model, source = build_model(model_name, image_size=image_size), "run (random weights)"
-        print(f"harness macs: decisions come from a run with random weights; pass --ckpt for a data-dependent method",
+        print("harness macs: decisions come from a run with random weights; pass --ckpt for a data-dependent method",
               file=sys.stderr)
     labels = [i % model.spec.num_classes for i in range(num_images)]
     out = sample(model, labels, list(range(num_images)), steps=steps, cfg_scale=cfg_scale, method=policy,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from harness.methods import ATTN, MLP, COMPUTE_ALL, Policy
 from harness.models import MODELS, ModelSpec
-from harness.models.dit import LabelEmbedder, TimestepEmbedder, modulate
+from harness.models.dit import FinalLayer, LabelEmbedder, TimestepEmbedder, modulate
 
 VAE_DOWNSAMPLE = 8
 DEFAULT_VAE = "sd-vae-ft-ema"  # Large-DiT's sample.py and LazyDiT's sampling scripts
@@ -143,21 +143,6 @@ class TransformerBlock(nn.Module):
         return x
 
 
-class FinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm, then a linear map to patch pixels (conditioning width min(D, 1024))."""
-
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
-        cond = min(hidden_size, MAX_ADALN)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond, 2 * hidden_size, bias=True))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
-
-
 @dataclass(frozen=True)
 class LargeDiTConfig:
     input_size: int = 32  # latent grid
@@ -194,7 +179,7 @@ class LargeDiT(nn.Module):
         self.t_embedder = TimestepEmbedder(cond)
         self.y_embedder = LabelEmbedder(config.num_classes, cond, config.class_dropout_prob)
         self.layers = nn.ModuleList([TransformerBlock(config) for _ in range(config.depth)])
-        self.final_layer = FinalLayer(dim, config.patch_size, self.out_channels)
+        self.final_layer = FinalLayer(dim, config.patch_size, self.out_channels, cond_size=min(dim, MAX_ADALN))
         self._rope_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self.initialize_weights()
 

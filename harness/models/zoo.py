@@ -10,11 +10,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from harness.cache import atomic_write_json
 from harness.models import MODELS, ModelSpec
 from harness.models.dit import DiT, DiTConfig
 
@@ -93,13 +93,7 @@ def record_entry(entry: dict, zoo_dir: str | os.PathLike = ZOO_DIR) -> None:
     """Adds or replaces `entry` (keyed by its "name") in the manifest, written atomically."""
     manifest = read_manifest(zoo_dir)
     manifest[entry["name"]] = entry
-    path = Path(zoo_dir) / MANIFEST
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(manifest, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-    os.replace(tmp, path)
+    atomic_write_json(Path(zoo_dir) / MANIFEST, manifest, indent=2)
 
 
 def verified_file(entry: dict, what: str, zoo_dir: str | os.PathLike = ZOO_DIR) -> Path:
@@ -145,7 +139,8 @@ def install_run(run_dir: str | os.PathLike, command: str | None = None, zoo_dir:
         zoo_dir: the zoo folder to write (default: the package's zoo).
     Returns the manifest entry.
     """
-    from harness.training import CHECKPOINT, save_atomic
+    from harness.cache import atomic_torch_save
+    from harness.training import CHECKPOINT
 
     checkpoint = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
     summary = checkpoint["summary"]
@@ -153,7 +148,7 @@ def install_run(run_dir: str | os.PathLike, command: str | None = None, zoo_dir:
     zoo = Path(zoo_dir)
     zoo.mkdir(parents=True, exist_ok=True)
     file = key[len(EMBEDDED_PREFIX):] + ".pt"
-    save_atomic({k: v.half() for k, v in checkpoint["ema"].items()}, zoo / file)
+    atomic_torch_save({k: v.half() for k, v in checkpoint["ema"].items()}, zoo / file)
     arch = EMBEDDED_ARCHS[key]
     entry = {
         "name": key, "kind": "model", "file": file, "sha256": file_sha256(zoo / file), "dtype": "float16 (EMA weights)",
