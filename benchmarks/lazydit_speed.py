@@ -72,7 +72,8 @@ class BranchInputMeans(Policy):
         super().start(run)
         self.means = torch.zeros(run.num_steps, run.depth, 2, run.hidden_size)
 
-    def branch(self, block: int, kind: int, fn: Callable, h: torch.Tensor) -> torch.Tensor:
+    def branch(self, block: int, kind: int, fn: Callable, make_h: Callable) -> torch.Tensor:
+        h = make_h()
         self.means[self.step, block, kind] = h.float().sum(dim=1).mean(dim=0).cpu()
         return fn(h)
 

@@ -166,9 +166,14 @@ class Policy:
             x = model.run_block(index, x, c, self)
         return x
 
-    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-        """Branch hook: returns f(h) for branch `kind` (ATTN or MLP) of `block`, ungated."""
-        return fn(h)
+    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
+               make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Branch hook: returns fn(h), h = make_h(), for branch `kind` (ATTN or MLP) of `block`, ungated.
+
+        `make_h` computes the branch input modulate(norm(x)) when called, so a method that
+        reuses the branch without looking at its input skips that work too.
+        """
+        return fn(make_h())
 
 
 COMPUTE_ALL = Policy()  # the stateless default of a plain forward pass

@@ -118,20 +118,18 @@ class LazyDiTPolicy(Policy):
         self.masks[(block, kind)] = compute  # logged at end_step
         return compute
 
-    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
+               make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
         cached = self.cache[block][kind]
-        if cached is None:  # first step: nothing to reuse, compute (as the official code)
-            out = fn(h)
-            self.cache[block][kind] = out
-            return out
-        known = self.known[self.step][block][kind]
-        if known is not None:  # zero layer: score 0.5 for every sample, no scoring needed
+        known = self.known[self.step][block][kind] if cached is not None else True  # the first step computes
+        if known is not None:  # first step, or a zero layer (score 0.5 for every sample): no scoring
             if known:
-                out = fn(h)
+                out = fn(make_h())
                 self.cache[block][kind] = out
                 return out
             self.log.branch[self.step, block, kind] = 0.0  # a fill on the device, no host read
             return cached
+        h = make_h()
         compute = self.compute_mask(h, block, kind)
         if self.config.execution == "where":
             out = torch.where(compute.view(-1, 1, 1), fn(h), cached)

@@ -139,9 +139,10 @@ class LazyDiTStaticPolicy(Policy):
         self.cache = []
         return super().finish()
 
-    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
+               make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
         if self.current[block][kind]:
-            out = fn(h)
+            out = fn(make_h())
             self.cache[block][kind] = out
             return out
-        return self.cache[block][kind]
+        return self.cache[block][kind]  # the branch input is never computed

@@ -62,8 +62,9 @@ class CacheFillPolicy(Policy):
         super().__init__()
         self.cache: dict[tuple[int, int], torch.Tensor] = {}
 
-    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-        out = fn(h)
+    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
+               make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
+        out = fn(make_h())
         self.cache[(block, kind)] = out
         return out
 
@@ -78,7 +79,9 @@ class SoftLazyPolicy(Policy):
         self.layers, self.step_index, self.cache = layers, step, cache
         self.scores: dict[int, list[torch.Tensor]] = {0: [], 1: []}  # kind -> per-block (N,) scores
 
-    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
+               make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
+        h = make_h()
         score = self.layers.scores(h, self.step_index, block, kind)  # (N,)
         self.scores[kind].append(score)
         s = score.view(-1, 1, 1).to(h.dtype)

@@ -37,11 +37,11 @@ class ReuseEveryOtherAttention(Policy):
         super().start(run)
         self.cache = {}
 
-    def branch(self, block, kind, fn, h):
+    def branch(self, block, kind, fn, make_h):
         if kind == ATTN and self.step % 2 == 0 and block in self.cache:
             self.log.branch[self.step, block, kind] = 0
             return self.cache[block]
-        out = fn(h)
+        out = fn(make_h())
         if kind == ATTN:
             self.cache[block] = out
         return out

@@ -143,7 +143,8 @@ class RecordBranches(Policy):
         super().start(run)
         self.calls = []
 
-    def branch(self, block, kind, fn, h):
+    def branch(self, block, kind, fn, make_h):
+        h = make_h()
         self.calls.append((self.step, block, kind, tuple(h.shape)))
         return fn(h)
 

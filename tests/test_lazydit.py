@@ -114,11 +114,11 @@ def test_each_sample_reuses_its_own_cached_output_when_its_score_is_low(executio
     policy.start(branch_run())
     double = lambda h: 2 * h  # noqa: E731
     policy.begin_step(1)
-    first = policy.branch(0, ATTN, double, torch.full((2, 3, 4), 5.0))  # first step: computes, fills the cache
+    first = policy.branch(0, ATTN, double, lambda: torch.full((2, 3, 4), 5.0))  # first step: computes, fills the cache
     policy.end_step()
     policy.begin_step(0)
     h = torch.stack([torch.ones(3, 4), -torch.ones(3, 4)])  # sample 0 scores high, sample 1 low
-    out = policy.branch(0, ATTN, double, h)
+    out = policy.branch(0, ATTN, double, lambda: h)
     policy.end_step()
     assert torch.equal(out[0], 2 * h[0])
     assert torch.equal(out[1], first[1])
@@ -131,9 +131,9 @@ def test_score_at_exactly_the_threshold_computes():
     policy = LazyDiTPolicy.from_layers(LazyLayers(2, 1, 4), threshold=0.5)  # zero weights: score 0.5
     policy.start(branch_run())
     policy.begin_step(1)
-    policy.branch(0, MLP, torch.neg, torch.ones(2, 3, 4))
+    policy.branch(0, MLP, torch.neg, lambda: torch.ones(2, 3, 4))
     policy.begin_step(0)
-    assert torch.equal(policy.branch(0, MLP, torch.neg, torch.ones(2, 3, 4)), -torch.ones(2, 3, 4))
+    assert torch.equal(policy.branch(0, MLP, torch.neg, lambda: torch.ones(2, 3, 4)), -torch.ones(2, 3, 4))
 
 
 def test_layers_for_another_step_budget_are_refused():

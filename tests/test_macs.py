@@ -51,7 +51,8 @@ class SkipFixedBranches(Policy):
         self.cache = {}
         self.score = torch.ones(1, run.hidden_size)
 
-    def branch(self, block, kind, fn, h):
+    def branch(self, block, kind, fn, make_h):
+        h = make_h()
         if (block, kind) == (0, ATTN):  # a method overhead: one linear score per token
             torch.nn.functional.linear(h, self.score)
             self.log.overhead_macs[self.step] += h.shape[1] * h.shape[2]

@@ -48,7 +48,8 @@ class SkipMLP(Policy):
 
     name = "test-skip-mlp"
 
-    def branch(self, block, kind, fn, h):
+    def branch(self, block, kind, fn, make_h):
+        h = make_h()
         if kind == MLP and self.step % 2 == 0:
             self.log.branch[self.step, block, MLP, :] = 0
             return torch.zeros_like(h)

@@ -174,7 +174,8 @@ class _CostProbe(Policy):
             self.blocks[index] = self.counter.total() - before
         return x
 
-    def branch(self, block: int, kind: int, fn, h: torch.Tensor) -> torch.Tensor:
+    def branch(self, block: int, kind: int, fn, make_h) -> torch.Tensor:
+        h = make_h()  # the norm and modulation count towards the block, not the branch
         before = self.counter.total()
         out = fn(h)
         self.branches[block][kind] = self.counter.total() - before
@@ -301,8 +302,8 @@ class _StandInStack:
         self.depth = depth
 
     def run_block(self, index: int, x: torch.Tensor, c: torch.Tensor, policy: Policy) -> torch.Tensor:
-        policy.branch(index, ATTN, torch.clone, x)
-        policy.branch(index, MLP, torch.clone, x)
+        policy.branch(index, ATTN, torch.clone, lambda: x)
+        policy.branch(index, MLP, torch.clone, lambda: x)
         return x
 
 

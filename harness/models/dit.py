@@ -138,10 +138,9 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, policy: Policy, index: int) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        h = modulate(self.norm1(x), shift_msa, scale_msa)
-        x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, self.attn, h)
-        h = modulate(self.norm2(x), shift_mlp, scale_mlp)
-        x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.mlp, h)
+        # Branch inputs go to the policy uncomputed: a reused branch skips its norm and modulation.
+        x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, self.attn, lambda: modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.mlp, lambda: modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 
 

@@ -136,10 +136,9 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 policy: Policy, index: int) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        h = modulate(self.attention_norm(x), shift_msa, scale_msa)
-        x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, functools.partial(self.attention, rope=rope), h)
-        h = modulate(self.ffn_norm(x), shift_mlp, scale_mlp)
-        x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.feed_forward, h)
+        attention = functools.partial(self.attention, rope=rope)
+        x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, attention, lambda: modulate(self.attention_norm(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.feed_forward, lambda: modulate(self.ffn_norm(x), shift_mlp, scale_mlp))
         return x
 
 
