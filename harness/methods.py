@@ -89,6 +89,12 @@ class DecisionLog:
         out["all"] = skipped.mean().item()
         return out
 
+    def laziness(self) -> dict[str, Any]:
+        """`lazy_ratio()` plus its breakdown: "per_step" [step index][branch] and "per_block" [block][branch]."""
+        skipped = 1.0 - self.conditional().branch.float()  # (S, depth, 2, B)
+        return {**self.lazy_ratio(), "per_step": skipped.mean(dim=(1, 3)).tolist(),
+                "per_block": skipped.mean(dim=(0, 3)).tolist()}
+
     @staticmethod
     def concat(logs: list["DecisionLog"]) -> "DecisionLog":
         """Joins the logs of consecutive batches along the sample axis (CFG halves kept apart)."""
@@ -121,6 +127,7 @@ class Policy:
 
     name: ClassVar[str] = "ddim"
     paper: ClassVar[str] = "https://arxiv.org/abs/2010.02502"
+    target_ratio: float | None = None  # the lazy ratio the method's settings were calibrated for, if any
 
     def __init__(self, config: "Policy.Config | None" = None):
         self.config = config if config is not None else self.Config()

@@ -256,7 +256,8 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     decode = cell.measures("quality") or cell.measures("fidelity")  # cost-only cells need no VAE
     with memory_metrics(cell.device) as memory:
         out = sample_cell(model, cell, policy, args, decode=decode)
-    metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": out.decisions.lazy_ratio(),
+    laziness = {**out.decisions.laziness(), **({"target": policy.target_ratio} if policy.target_ratio is not None else {})}
+    metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": laziness,
                **({"memory": memory} if cell.measures("memory") else {}), **measure(cell, ctx, model, policy, out)}
     finished = dt.datetime.now(dt.timezone.utc)
     return {

@@ -41,7 +41,7 @@ class LazyDiTPolicy(Policy):
     @dataclass(frozen=True)
     class Config:
         weights: str = ""  # official lazy-weights file
-        threshold: float = DEFAULT_THRESHOLD  # compute where score >= threshold
+        threshold: float | None = None  # compute where score >= threshold; None: the file's (from a target search), else 0.5
         execution: str = "gather"  # "gather" (saves time) or "where" (no host read, no saving)
 
     name: ClassVar[str] = "lazydit"
@@ -52,11 +52,14 @@ class LazyDiTPolicy(Policy):
         cfg = self.config
         if cfg.execution not in EXECUTIONS:
             raise ValueError(f"unknown execution {cfg.execution!r} for method {self.name!r}; accepted: {', '.join(EXECUTIONS)}")
-        if not 0.0 <= float(cfg.threshold) <= 1.0:
-            raise ValueError(f"threshold={cfg.threshold!r} is outside the score range; accepted: 0..1")
+        stored: dict[str, Any] = {}
         if layers is None:
-            layers = self._load(cfg.weights)
+            layers, stored = self._load(cfg.weights)
         self.layers = layers
+        self.threshold = float(stored.get("threshold", DEFAULT_THRESHOLD) if cfg.threshold is None else cfg.threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold={self.threshold!r} is outside the score range; accepted: 0..1")
+        self.target_ratio = stored.get("target_ratio")  # what the file's threshold was searched for, if anything
         self.weight: list | None = None  # [step][block][kind] -> (D,) on the run's device
         self.cache: list[list[torch.Tensor | None]] = []
         self.masks: dict[tuple[int, int], torch.Tensor] = {}  # this step's (block, kind) -> (N,) compute mask
@@ -68,14 +71,20 @@ class LazyDiTPolicy(Policy):
         """A policy over in-memory lazy layers (training, threshold search, tests)."""
         return cls(cls.Config(weights="", threshold=threshold, execution=execution), layers=layers)
 
-    def _load(self, path: str) -> LazyLayers:
+    def _load(self, path: str) -> tuple[LazyLayers, dict[str, Any]]:
+        """The file's layers and the threshold / target ratio it records (official files record none)."""
         if not path:
             raise ValueError(f"method {self.name!r} needs method_args['weights']: the path of a lazy-weights file")
         payload = read_lazy_file(path)
         trained_by = payload.get(METHOD_KEY, "lazydit")
         if trained_by != self.name:
             raise ValueError(f"{path!r} was trained as method {trained_by!r}; use method={trained_by!r} (not {self.name!r})")
-        return layers_from_state(payload[WEIGHTS_KEY])
+        stored = {key: payload[key] for key in ("threshold", "target_ratio") if payload.get(key) is not None}
+        return layers_from_state(payload[WEIGHTS_KEY]), stored
+
+    def parameters(self) -> dict[str, Any]:
+        """The config with the threshold actually used and the file's target ratio."""
+        return {**super().parameters(), "threshold": self.threshold, "target_ratio": self.target_ratio}
 
     # ---- lifecycle ---------------------------------------------------------------
     def start(self, run: RunInfo) -> None:
@@ -85,7 +94,7 @@ class LazyDiTPolicy(Policy):
         self.weight = [[list(block.unbind(0)) for block in step.unbind(0)] for step in weight.unbind(0)]  # [S][depth][2] (D,)
         # A zero layer scores exactly sigmoid(0) = 0.5 whatever h is: its decision is known without looking.
         zero = (self.layers.weight == 0).all(dim=-1).tolist()  # [S][depth][2]
-        self.known = [[[(0.5 >= self.config.threshold) if z else None for z in pair] for pair in step] for step in zero]
+        self.known = [[[(0.5 >= self.threshold) if z else None for z in pair] for pair in step] for step in zero]
         self.cache = [[None, None] for _ in range(run.depth)]
         self.score_macs = float(run.num_tokens * run.hidden_size)
 
@@ -114,7 +123,7 @@ class LazyDiTPolicy(Policy):
         """(N,) bool, True where the branch is computed (the official score, compared on the device)."""
         w = self.weight[self.step][block][kind].to(h.dtype)  # (D,)
         score = torch.sigmoid((h @ w).sum(dim=-1).float())  # (N, T) -> (N,)
-        compute = score >= self.config.threshold
+        compute = score >= self.threshold
         self.masks[(block, kind)] = compute  # logged at end_step
         return compute
 

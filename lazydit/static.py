@@ -55,6 +55,11 @@ def save_schedule(compute: torch.Tensor, path: str | os.PathLike, **extra: Any) 
 
 def load_schedule(path: str | os.PathLike) -> torch.Tensor:
     """The (S, depth, 2) bool compute schedule of a file written by `save_schedule`."""
+    return read_schedule_file(path)[SCHEDULE_KEY]
+
+
+def read_schedule_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The whole schedule file, its "compute" entry checked and made a bool tensor."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"schedule file {str(path)!r} not found; make one with `python -m harness train lazydit-static`")
@@ -64,7 +69,7 @@ def load_schedule(path: str | os.PathLike) -> torch.Tensor:
     compute = torch.as_tensor(payload[SCHEDULE_KEY]).bool()
     if compute.dim() != 3 or compute.shape[-1] != 2:
         raise ValueError(f"schedule in {str(path)!r} has shape {tuple(compute.shape)}; expected (steps, depth, 2)")
-    return compute
+    return {**payload, SCHEDULE_KEY: compute}
 
 
 def calibrate_schedule(model: nn.Module, weights: str, steps: int | str, class_labels: Sequence[int],
@@ -110,7 +115,8 @@ class LazyDiTStaticPolicy(Policy):
         if compute is None:
             if not self.config.schedule:
                 raise ValueError(f"method {self.name!r} needs method_args['schedule']: the path of a schedule file")
-            compute = load_schedule(self.config.schedule)
+            payload = read_schedule_file(self.config.schedule)
+            compute, self.target_ratio = payload[SCHEDULE_KEY], payload.get("target_ratio")
         self.compute = compute.bool().cpu()
         self.plan: list[tuple[tuple[bool, bool], ...]] = []  # plain Python bools: nothing to read back
         self.current: tuple[tuple[bool, bool], ...] = ()  # this step's plan (compile guards on it, not on the step)

@@ -1,6 +1,9 @@
 """The latency protocol and peak memory: raw values kept, one timer, >= 10 repeats, labelled scopes and modes."""
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -104,3 +107,9 @@ def test_cuda_timer_and_peak_allocated_on_gpu():
         del x
     assert timer.clock == "cuda_events" and timer.elapsed_s() >= 0
     assert mem.peak_cuda_allocated_bytes >= 2**28
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_pinning_the_cpu_allocator_is_accepted_by_glibc():
+    code = "from harness.cost.latency import pin_cpu_allocator; raise SystemExit(0 if pin_cpu_allocator() else 1)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # own process: the setting is process-wide

@@ -196,6 +196,19 @@ def test_laziness_is_reported_per_type_step_and_block():
     assert len(report.per_block) == DEPTH
 
 
+def test_a_weights_files_searched_threshold_applies_unless_one_is_given(tmp_path):
+    save_lazy_weights(LazyLayers(STEPS, DEPTH, HIDDEN), tmp_path / "w.pt", method="lazydit", threshold=0.7, target_ratio=0.3)
+    stored = create_policy("lazydit", {"weights": str(tmp_path / "w.pt")})
+    assert stored.threshold == 0.7 and stored.parameters()["target_ratio"] == 0.3 and stored.target_ratio == 0.3
+    assert create_policy("lazydit", {"weights": str(tmp_path / "w.pt"), "threshold": 0.5}).threshold == 0.5
+
+
+def test_an_official_file_without_a_threshold_uses_the_official_half(tmp_path):
+    torch.save({"model": layers_to_state(LazyLayers(STEPS, DEPTH, HIDDEN))}, tmp_path / "official.pt")
+    policy = create_policy("lazydit", {"weights": str(tmp_path / "official.pt")})
+    assert policy.threshold == 0.5 and policy.target_ratio is None
+
+
 def test_threshold_search_reaches_a_reachable_target():
     model = tiny_dit(shift=3.0)
     layers = LazyLayers(STEPS, DEPTH, HIDDEN)
@@ -215,6 +228,19 @@ def test_static_schedule_is_frozen_from_the_dynamic_log():
     expected[-1] = True
     assert torch.equal(compute, expected)
     assert 1 - schedule_from_log(log, target_ratio=0.25).float().mean().item() == pytest.approx(0.25, abs=1 / compute.numel())
+
+
+def test_a_static_skip_never_computes_the_branch_input():
+    policy = LazyDiTStaticPolicy.from_schedule(torch.tensor([[[False, True]], [[True, True]]]))
+    policy.start(branch_run())
+    policy.begin_step(1)
+    policy.branch(0, ATTN, torch.neg, lambda: torch.ones(2, 3, 4))
+    policy.begin_step(0)
+
+    def forbidden() -> torch.Tensor:
+        raise AssertionError("a reused branch computed its input")
+
+    assert torch.equal(policy.branch(0, ATTN, torch.neg, forbidden), -torch.ones(2, 3, 4))
 
 
 def test_static_schedule_of_all_compute_is_ddim():

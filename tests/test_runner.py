@@ -121,6 +121,8 @@ def test_method_cell_measures_fidelity_macs_and_laziness_against_full_ddim(tmp_p
     run_suite(tiny_suite(methods=["ddim", "test-skip-mlp"], steps=[4]), tmp_path, progress=False)
     ddim, skip = RecordStore.for_suite(tmp_path, "tiny").read()
     assert skip["metrics"]["laziness"]["mlp"] == 0.5 and skip["metrics"]["laziness"]["attn"] == 0.0
+    assert skip["metrics"]["laziness"]["per_step"] == [[0.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    assert skip["metrics"]["laziness"]["per_block"] == [[0.0, 0.5], [0.0, 0.5]]
     assert skip["metrics"]["macs"]["macs_linear_per_image"] < ddim["metrics"]["macs"]["macs_linear_per_image"]
     assert skip["metrics"]["fidelity"]["latent_mse"] > 0 and skip["metrics"]["fidelity"]["ssim"] < 1
     assert ddim["metrics"]["fidelity"] == {"reference": "self"}

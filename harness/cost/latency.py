@@ -9,6 +9,7 @@ medians measured in the same run, with the candidates' repeats interleaved so th
 """
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -26,6 +27,29 @@ LATENCY_MEDIAN = "median_s"
 LATENCY_P10 = "p10_s"
 LATENCY_P90 = "p90_s"
 SPEEDUP = "speedup"
+
+
+# ----------------------------------------------------------------------------------------
+#                                       Allocator
+# ----------------------------------------------------------------------------------------
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def pin_cpu_allocator(mmap_threshold: int = 1 << 26, trim_threshold: int = 1 << 27) -> bool:
+    """Keeps freed CPU memory in the process (glibc): no trim, no mmap below 64 MiB.
+
+    By default glibc returns large freed blocks to the kernel, so the next activation of
+    that size faults its pages in again; on a virtual machine those faults can cost more
+    than the kernels themselves and vary from run to run. Pinned, repeated sampling calls
+    reuse warm memory (what jemalloc / tcmalloc setups do). Returns False where the C
+    library is not glibc (nothing changes then).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------
