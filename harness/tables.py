@@ -21,7 +21,7 @@ from harness.suite import Suite, slug
 PUBLISHED_CSV = Path(__file__).resolve().parent / "reference" / "published_results.csv"
 FULL_COMPUTE = "ddim"
 MACS_ALL, MACS_LINEAR = "macs.macs_all_per_image", "macs.macs_linear_per_image"  # conventions (a), (b)
-LATENCY, SPEEDUP, LAZY = "latency.median_s", "latency.speedup", "laziness.all"
+LATENCY, SPEEDUP, LAZY, LAZY_TARGET = "latency.median_s", "latency.speedup", "laziness.all", "laziness.target"
 GROUP_KEYS = ["model", "resolution", "device", "dtype", "batch_size", "method", "params", "steps"]
 
 
@@ -214,6 +214,7 @@ def leaderboard(table: pd.DataFrame, primary: str) -> pd.DataFrame:
         (LATENCY, "latency p50 (s) ↓", fmt),
         (SPEEDUP, "speedup ↑", lambda v: fmt(v) + "×" if np.isfinite(v) else "—"),
         (LAZY, "lazy % ↑", lambda v: fmt(100 * v)),
+        (LAZY_TARGET, "lazy target %", lambda v: fmt(100 * v)),
         ("matched.macs.ddim", f"DDIM {label} @MACs", fmt),
         ("matched.macs.gain", "gain @MACs ↑", fmt),
         ("matched.latency.ddim", f"DDIM {label} @latency", fmt),

@@ -406,3 +406,22 @@ def test_shipped_lazy_weights_reproduce_their_recorded_lazy_ratio():
                      method=entry["method"], method_args={"weights": str(zoo / name), "threshold": entry["threshold"]},
                      decode=False)
         assert laziness(out.decisions).overall == pytest.approx(entry["achieved_ratio"], abs=1e-3), name
+
+
+def test_shipped_static_schedules_are_what_their_calibration_makes():
+    import json
+    from pathlib import Path
+
+    from harness import load_model
+    from lazydit.pipeline import calibration_set
+    from lazydit.static import calibrate_schedule, load_schedule
+
+    zoo = Path(__file__).resolve().parent.parent / "lazydit" / "zoo"
+    entries = json.loads((zoo / "manifest.json").read_text())["static_schedules"]
+    for name, entry in entries.items():
+        model = load_model(entry["model"])
+        labels, seeds = calibration_set(model, 64)
+        compute = calibrate_schedule(model, str(zoo / entry["weights"]), entry["steps"], labels, seeds,
+                                     threshold=entry["threshold"], target_ratio=entry["target_ratio"])
+        assert torch.equal(compute, load_schedule(zoo / name)), name
+        assert 1 - compute.float().mean().item() == pytest.approx(entry["achieved_ratio"], abs=1e-4), name

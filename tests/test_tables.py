@@ -68,6 +68,13 @@ def test_one_row_per_method_steps_and_parameters_ddim_first():
         ["ddim", "20", "-"], ["ddim", "10", "-"], ["lazy-test", "20", "threshold=0.5"]]
 
 
+def test_a_requested_lazy_ratio_stands_next_to_the_achieved_one():
+    records = ddim_and_method_records()
+    records[2]["metrics"]["laziness"]["target"] = 0.3
+    table = board(records)
+    assert table["lazy % ↑"].tolist()[2] == "25.0" and table["lazy target %"].tolist() == ["—", "—", "30.0"]
+
+
 def test_seed_sets_are_averaged_with_their_spread():
     records = [fake_record(manual_cell(seed=0), fid=10.0, macs=1.0, latency=1.0),
                fake_record(manual_cell(seed=1), fid=12.0, macs=1.0, latency=1.0)]
