@@ -139,6 +139,21 @@ def ddim_curve_at(ddim: pd.DataFrame, x_col: str, y_col: str, x: float) -> float
     return float(np.interp(x, points.index.to_numpy(), points.to_numpy()))
 
 
+def add_macs_implied(table: pd.DataFrame) -> pd.DataFrame:
+    """Adds the MACs-implied speedup over full DDIM at the same steps and the measured share of it."""
+    table = table.copy()
+    implied = []
+    for _, row in table.iterrows():
+        same = table[(table[GROUP_KEYS[:5]] == row[GROUP_KEYS[:5]]).all(axis=1) & (table["method"] == FULL_COMPUTE)
+                     & (table["steps"] == row["steps"])]
+        ok = row["method"] != FULL_COMPUTE and MACS_ALL in table and len(same) == 1
+        implied.append(same[MACS_ALL].iloc[0] / row[MACS_ALL] if ok else math.nan)
+    table["macs_implied.speedup"] = implied
+    if SPEEDUP in table:
+        table["macs_implied.share"] = table[SPEEDUP] / table["macs_implied.speedup"]
+    return table
+
+
 def add_matched_budget(table: pd.DataFrame, primary: str) -> pd.DataFrame:
     """Adds DDIM quality at the method's MACs and latency, and the method's gain over it (positive = better)."""
     table = table.copy()
@@ -197,7 +212,7 @@ def leaderboard(table: pd.DataFrame, primary: str) -> pd.DataFrame:
         table: `aggregate(...)` rows of one model and resolution.
         primary: the quality metric of the matched-budget columns (e.g. "fid", "domain_fid").
     """
-    table = add_matched_budget(table, primary)
+    table = add_macs_implied(add_matched_budget(table, primary))
     quality = [c for c in quality_columns(table) if metric_info(c).on_board]
     quality.sort(key=lambda c: (c.split(".")[0] != "quality", c.split(".")[-1] != primary, c))
     unit, scale = macs_unit(list(table.get(MACS_ALL, [])) + list(table.get(MACS_LINEAR, [])))
@@ -213,6 +228,8 @@ def leaderboard(table: pd.DataFrame, primary: str) -> pd.DataFrame:
         (MACS_LINEAR, f"{unit}/img linear ↓", lambda v: fmt(v / scale)),
         (LATENCY, "latency p50 (s) ↓", fmt),
         (SPEEDUP, "speedup ↑", lambda v: fmt(v) + "×" if np.isfinite(v) else "—"),
+        ("macs_implied.speedup", "MACs-implied speedup", lambda v: fmt(v) + "×" if np.isfinite(v) else "—"),
+        ("macs_implied.share", "speedup / MACs-implied ↑", fmt),
         (LAZY, "lazy % ↑", lambda v: fmt(100 * v)),
         (LAZY_TARGET, "lazy target %", lambda v: fmt(100 * v)),
         ("matched.macs.ddim", f"DDIM {label} @MACs", fmt),

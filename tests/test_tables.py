@@ -75,6 +75,11 @@ def test_a_requested_lazy_ratio_stands_next_to_the_achieved_one():
     assert table["lazy % ↑"].tolist()[2] == "25.0" and table["lazy target %"].tolist() == ["—", "—", "30.0"]
 
 
+def test_speedup_stands_next_to_the_macs_implied_one_of_ddim_at_the_same_steps():
+    row = board(ddim_and_method_records()).iloc[2]  # DDIM-20: 20 MACs; the method: 15 MACs, measured 1.6x
+    assert row["MACs-implied speedup"] == "1.33×" and row["speedup / MACs-implied ↑"] == "1.20"
+
+
 def test_seed_sets_are_averaged_with_their_spread():
     records = [fake_record(manual_cell(seed=0), fid=10.0, macs=1.0, latency=1.0),
                fake_record(manual_cell(seed=1), fid=12.0, macs=1.0, latency=1.0)]
