@@ -113,11 +113,12 @@ def _imagefolder_batches(model: nn.Module, root: str, batch_size: int, seed: int
     ])
     dataset = datasets.ImageFolder(root, transform=transform)
     vae = _load_vae(str(find_vae(model.spec.vae, vae_path)), str(torch.device(device)))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # order and, through the worker seeds, the flips
+    posterior_gen = torch.Generator(device=device).manual_seed(seed)  # the VAE posterior draws
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                                          generator=gen, num_workers=min(4, os.cpu_count() or 1))
     while True:
         for images, labels in loader:
             with torch.no_grad():
-                x0 = vae.encode(images.to(device)).latent_dist.sample().mul_(LATENT_SCALE)
+                x0 = vae.encode(images.to(device)).latent_dist.sample(generator=posterior_gen).mul_(LATENT_SCALE)
             yield x0, labels.to(device)
