@@ -59,7 +59,8 @@ class LazyDiTPolicy(Policy):
         self.threshold = float(stored.get("threshold", DEFAULT_THRESHOLD) if cfg.threshold is None else cfg.threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold={self.threshold!r} is outside the score range; accepted: 0..1")
-        self.target_ratio = stored.get("target_ratio")  # what the file's threshold was searched for, if anything
+        if cfg.threshold is None:  # the file's threshold, and so the ratio it was searched for, apply
+            self.target_ratio = stored.get("target_ratio")
         self.weight: list | None = None  # [step][block][kind] -> (D,) on the run's device
         self.cache: list[list[torch.Tensor | None]] = []
         self.masks: dict[tuple[int, int], torch.Tensor] = {}  # this step's (block, kind) -> (N,) compute mask

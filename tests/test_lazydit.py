@@ -200,7 +200,8 @@ def test_a_weights_files_searched_threshold_applies_unless_one_is_given(tmp_path
     save_lazy_weights(LazyLayers(STEPS, DEPTH, HIDDEN), tmp_path / "w.pt", method="lazydit", threshold=0.7, target_ratio=0.3)
     stored = create_policy("lazydit", {"weights": str(tmp_path / "w.pt")})
     assert stored.threshold == 0.7 and stored.parameters()["target_ratio"] == 0.3 and stored.target_ratio == 0.3
-    assert create_policy("lazydit", {"weights": str(tmp_path / "w.pt"), "threshold": 0.5}).threshold == 0.5
+    overridden = create_policy("lazydit", {"weights": str(tmp_path / "w.pt"), "threshold": 0.5})
+    assert overridden.threshold == 0.5 and overridden.target_ratio is None  # the target belonged to the stored threshold
 
 
 def test_an_official_file_without_a_threshold_uses_the_official_half(tmp_path):
