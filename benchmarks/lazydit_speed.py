@@ -108,12 +108,14 @@ def candidates(model: nn.Module, args: argparse.Namespace, common: dict[str, Any
     else:
         layers = forcing_layers(model, args.steps, half_lazy(args.steps, model.depth), common)
     dynamic = lambda: LazyDiTPolicy.from_layers(layers, args.threshold)  # noqa: E731
+    eager_score = lambda: LazyDiTPolicy.from_layers(layers, args.threshold, score="eager")  # noqa: E731
     log = sample(model, **common, steps=args.steps, method=dynamic(), decode=False).decisions
     schedule = schedule_from_log(log)
     static = lambda: LazyDiTStaticPolicy.from_schedule(schedule)  # noqa: E731
     matched = max(1, round(args.steps * (1 - laziness(log).overall)))
     runs = {f"ddim-{args.steps}": (args.steps, Policy), "lazydit": (args.steps, dynamic),
-            "lazydit-static": (args.steps, static), f"ddim-{matched}": (matched, Policy)}
+            "lazydit-eager-score": (args.steps, eager_score), "lazydit-static": (args.steps, static),
+            f"ddim-{matched}": (matched, Policy)}
     for s in args.extra_ddim:
         runs.setdefault(f"ddim-{s}", (s, Policy))
     logs = {label: sample(model, **common, steps=steps, method=make(), decode=False).decisions
@@ -169,10 +171,10 @@ def report(runs: dict, logs: dict, timed: dict, table, args: argparse.Namespace)
 def print_table(result: dict) -> None:
     for mode, rows in result["modes"].items():
         print(f"\n[{mode}] device={result['device']} threads={result['threads']}", file=sys.stderr)
-        print(f"{'method':<16}{'median s':>10}{'p10':>8}{'p90':>8}{'speedup':>9}{'MACs-impl':>10}{'ratio':>7}"
+        print(f"{'method':<20}{'median s':>10}{'p10':>8}{'p90':>8}{'speedup':>9}{'MACs-impl':>10}{'ratio':>7}"
               f"{'cpu s':>8}{'cpu ratio':>10}{'lazy':>7}", file=sys.stderr)
         for label, r in rows.items():
-            print(f"{label:<16}{r['median_s']:>10.3f}{r['p10_s']:>8.3f}{r['p90_s']:>8.3f}{r['speedup']:>9.2f}"
+            print(f"{label:<20}{r['median_s']:>10.3f}{r['p10_s']:>8.3f}{r['p90_s']:>8.3f}{r['speedup']:>9.2f}"
                   f"{r['macs_implied_speedup']:>10.2f}{r['speedup_over_implied']:>7.2f}{r['thread_cpu_s']:>8.3f}"
                   f"{r['cpu_speedup_over_implied']:>10.2f}{r['lazy_ratio']:>7.1%}", file=sys.stderr)
 

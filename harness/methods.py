@@ -178,7 +178,8 @@ class Policy:
         """Branch hook: returns fn(h), h = make_h(), for branch `kind` (ATTN or MLP) of `block`, ungated.
 
         `make_h` computes the branch input modulate(norm(x)) when called, so a method that
-        reuses the branch without looking at its input skips that work too.
+        reuses the branch without looking at its input skips that work too. DiT models pass
+        a `harness.models.dit.BranchInput`, whose parts (x, norm, shift, scale) a method may read.
         """
         return fn(make_h())
 

@@ -15,6 +15,10 @@ Two ways to carry out a scored decision, same outputs up to the rounding of a sm
             CUDA); all-skip / all-compute branches cost nothing extra.
   "where":  compute every sample and blend with torch.where: no host read at all
             (CUDA-graph friendly), but no time saved; for quality runs.
+The score itself runs, on the CPU in float32, as one fused C++ pass over the branch's
+pre-norm input (LayerNorm, modulation and the lazy map; `lazydit.fused_score`, built on
+first use), so a skipped sample never forms h; elsewhere, or with score="eager", as
+PyTorch ops. The two agree up to float rounding.
 A per-sample decision that depends on this step's branch input cannot be resolved for a
 whole step at once; for GPU speed without any synchronisation use the static schedule
 (`lazydit-static`).
@@ -27,10 +31,12 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from harness.methods import METHODS, Policy, RunInfo
+from lazydit.fused_score import layernorm_score_logits
 from lazydit.layers import DEFAULT_THRESHOLD, LazyLayers
 from lazydit.weights import METHOD_KEY, WEIGHTS_KEY, layers_from_state, read_lazy_file
 
 EXECUTIONS = ("gather", "where")
+SCORES = ("auto", "eager")
 PAPER = "https://arxiv.org/abs/2412.12444"
 
 
@@ -43,6 +49,7 @@ class LazyDiTPolicy(Policy):
         weights: str = ""  # official lazy-weights file
         threshold: float | None = None  # compute where score >= threshold; None: the file's (from a target search), else 0.5
         execution: str = "gather"  # "gather" (saves time) or "where" (no host read, no saving)
+        score: str = "auto"  # "auto": the fused CPU kernel where it applies (lazydit.fused_score), else "eager" ops
 
     name: ClassVar[str] = "lazydit"
     paper: ClassVar[str] = PAPER
@@ -52,6 +59,8 @@ class LazyDiTPolicy(Policy):
         cfg = self.config
         if cfg.execution not in EXECUTIONS:
             raise ValueError(f"unknown execution {cfg.execution!r} for method {self.name!r}; accepted: {', '.join(EXECUTIONS)}")
+        if cfg.score not in SCORES:
+            raise ValueError(f"unknown score {cfg.score!r} for method {self.name!r}; accepted: {', '.join(SCORES)}")
         stored: dict[str, Any] = {}
         if layers is None:
             layers, stored = self._load(cfg.weights)
@@ -68,9 +77,10 @@ class LazyDiTPolicy(Policy):
         self.score_macs = 0.0  # MACs per sample of one score: tokens x hidden
 
     @classmethod
-    def from_layers(cls, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD, execution: str = "gather") -> "LazyDiTPolicy":
+    def from_layers(cls, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD, execution: str = "gather",
+                    score: str = "auto") -> "LazyDiTPolicy":
         """A policy over in-memory lazy layers (training, threshold search, tests)."""
-        return cls(cls.Config(weights="", threshold=threshold, execution=execution), layers=layers)
+        return cls(cls.Config(weights="", threshold=threshold, execution=execution, score=score), layers=layers)
 
     def _load(self, path: str) -> tuple[LazyLayers, dict[str, Any]]:
         """The file's layers and the threshold / target ratio it records (official files record none)."""
@@ -120,13 +130,17 @@ class LazyDiTPolicy(Policy):
         return super().finish()
 
     # ---- hooks -------------------------------------------------------------------
-    def compute_mask(self, h: torch.Tensor, block: int, kind: int) -> torch.Tensor:
-        """(N,) bool, True where the branch is computed (the official score, compared on the device)."""
-        w = self.weight[self.step][block][kind].to(h.dtype)  # (D,)
-        score = torch.sigmoid((h @ w).sum(dim=-1).float())  # (N, T) -> (N,)
-        compute = score >= self.threshold
+    def decide(self, make_h: Callable[[], torch.Tensor], block: int, kind: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N,) bool, True where the branch is computed (the official score, compared on the device),
+        and h where scoring had to compute it (None after the fused kernel, which never forms h)."""
+        w = self.weight[self.step][block][kind]  # (D,)
+        h, logits = None, layernorm_score_logits(make_h, w) if self.config.score == "auto" else None
+        if logits is None:
+            h = make_h()
+            logits = (h @ w.to(h.dtype)).sum(dim=-1)  # (N, T) -> (N,)
+        compute = torch.sigmoid(logits.float()) >= self.threshold
         self.masks[(block, kind)] = compute  # logged at end_step
-        return compute
+        return compute, h
 
     def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
                make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -139,24 +153,24 @@ class LazyDiTPolicy(Policy):
                 return out
             self.log.branch[self.step, block, kind] = 0.0  # a fill on the device, no host read
             return cached
-        h = make_h()
-        compute = self.compute_mask(h, block, kind)
+        compute, h = self.decide(make_h, block, kind)
         if self.config.execution == "where":
-            out = torch.where(compute.view(-1, 1, 1), fn(h), cached)
+            out = torch.where(compute.view(-1, 1, 1), fn(make_h() if h is None else h), cached)
         else:
-            out = self._gather(compute, fn, h, cached)
+            out = self._gather(compute, fn, make_h if h is None else lambda: h, cached)
         self.cache[block][kind] = out
         return out
 
     @staticmethod
-    def _gather(compute: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor,
+    def _gather(compute: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], make_h: Callable[[], torch.Tensor],
                 cached: torch.Tensor) -> torch.Tensor:
         """Runs fn on the samples that need it only; the rest keep their cached output."""
         rows = torch.nonzero(compute).squeeze(1)  # the one host read of this branch
+        if len(rows) == 0:
+            return cached  # h is never formed
+        h = make_h()
         if len(rows) == len(h):
             return fn(h)
-        if len(rows) == 0:
-            return cached
         fresh = fn(h.index_select(0, rows))  # (n, T, D)
         return cached.index_copy_(0, rows, fresh.to(cached.dtype))
 

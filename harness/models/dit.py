@@ -22,6 +22,22 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+class BranchInput:
+    """A branch input h = modulate(norm(x), shift, scale), computed when called.
+
+    The model hands this to `policy.branch` instead of h: a reused branch never computes
+    it, and a method may read its parts (e.g. to score the branch in one fused pass).
+    """
+
+    __slots__ = ("x", "norm", "shift", "scale")
+
+    def __init__(self, x: torch.Tensor, norm: nn.Module, shift: torch.Tensor, scale: torch.Tensor):
+        self.x, self.norm, self.shift, self.scale = x, norm, shift, scale
+
+    def __call__(self) -> torch.Tensor:
+        return modulate(self.norm(self.x), self.shift, self.scale)
+
+
 #################################################################################
 #               Embedding Layers for Timesteps and Class Labels                 #
 #################################################################################
@@ -138,9 +154,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, policy: Policy, index: int) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        # Branch inputs go to the policy uncomputed: a reused branch skips its norm and modulation.
-        x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, self.attn, lambda: modulate(self.norm1(x), shift_msa, scale_msa))
-        x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.mlp, lambda: modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, self.attn, BranchInput(x, self.norm1, shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.mlp, BranchInput(x, self.norm2, shift_mlp, scale_mlp))
         return x
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from harness.methods import ATTN, MLP, COMPUTE_ALL, Policy
 from harness.models import MODELS, ModelSpec
-from harness.models.dit import FinalLayer, LabelEmbedder, TimestepEmbedder, modulate
+from harness.models.dit import BranchInput, FinalLayer, LabelEmbedder, TimestepEmbedder
 
 VAE_DOWNSAMPLE = 8
 DEFAULT_VAE = "sd-vae-ft-ema"  # Large-DiT's sample.py and LazyDiT's sampling scripts
@@ -137,8 +137,8 @@ class TransformerBlock(nn.Module):
                 policy: Policy, index: int) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         attention = functools.partial(self.attention, rope=rope)
-        x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, attention, lambda: modulate(self.attention_norm(x), shift_msa, scale_msa))
-        x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.feed_forward, lambda: modulate(self.ffn_norm(x), shift_mlp, scale_mlp))
+        x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, attention, BranchInput(x, self.attention_norm, shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.feed_forward, BranchInput(x, self.ffn_norm, shift_mlp, scale_mlp))
         return x
 
 
