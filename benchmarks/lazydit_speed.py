@@ -102,7 +102,7 @@ def half_lazy(steps: int, depth: int) -> torch.Tensor:
 #################################################################################
 
 def candidates(model: nn.Module, args: argparse.Namespace, common: dict[str, Any]) -> tuple[dict, dict]:
-    """label -> (steps, policy factory), and label -> decision log of one untimed run."""
+    """label -> (steps, policy factory); label -> decision log of one untimed run; LazyDiT speculation reruns."""
     if args.weights:
         layers = load_lazy_weights(args.weights)
     else:
@@ -112,15 +112,19 @@ def candidates(model: nn.Module, args: argparse.Namespace, common: dict[str, Any
     log = sample(model, **common, steps=args.steps, method=dynamic(), decode=False).decisions
     schedule = schedule_from_log(log)
     static = lambda: LazyDiTStaticPolicy.from_schedule(schedule)  # noqa: E731
+    speculate = lambda: LazyDiTPolicy.from_layers(layers, args.threshold, "speculate", prediction=schedule)  # noqa: E731
     matched = max(1, round(args.steps * (1 - laziness(log).overall)))
     runs = {f"ddim-{args.steps}": (args.steps, Policy), "lazydit": (args.steps, dynamic),
-            "lazydit-eager-score": (args.steps, eager_score), "lazydit-static": (args.steps, static),
+            "lazydit-eager-score": (args.steps, eager_score), "lazydit-speculate": (args.steps, speculate),
+            "lazydit-static": (args.steps, static),
             f"ddim-{matched}": (matched, Policy)}
     for s in args.extra_ddim:
         runs.setdefault(f"ddim-{s}", (s, Policy))
-    logs = {label: sample(model, **common, steps=steps, method=make(), decode=False).decisions
-            for label, (steps, make) in runs.items()}
-    return runs, logs
+    policies = {label: make() for label, (_, make) in runs.items()}
+    logs = {label: sample(model, **common, steps=runs[label][0], method=policy, decode=False).decisions
+            for label, policy in policies.items()}
+    reruns = {label: p.reruns for label, p in policies.items() if isinstance(p, LazyDiTPolicy)}
+    return runs, logs, reruns
 
 
 def time_mode(model: nn.Module, runs: dict, common: dict[str, Any], args: argparse.Namespace, mode: str) -> dict:
@@ -144,7 +148,7 @@ def time_mode(model: nn.Module, runs: dict, common: dict[str, Any], args: argpar
     return lats, {label: float(np.median(v[args.warmup:])) for label, v in cpu_s.items()}
 
 
-def report(runs: dict, logs: dict, timed: dict, table, args: argparse.Namespace) -> dict:
+def report(runs: dict, logs: dict, reruns: dict, timed: dict, table, args: argparse.Namespace) -> dict:
     base = f"ddim-{args.steps}"
     out: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
                            "device": args.device, "modes": {}}
@@ -161,6 +165,7 @@ def report(runs: dict, logs: dict, timed: dict, table, args: argparse.Namespace)
                            "thread_cpu_s": cpu[label], "cpu_speedup_over_implied": cpu[base] / cpu[label] / implied,
                            "lazy_ratio": laziness(logs[label]).overall,
                            "meets_cpu_target": ratios[label] / implied >= CPU_TARGET,
+                           **({"speculation_reruns": reruns[label]} if label in reruns else {}),
                            # latency relative to each DDIM budget timed (GPU target: <= 1.1 x DDIM-25)
                            "latency_over": {other: lats[label].median_s / lats[other].median_s
                                             for other in runs if other.startswith("ddim-")}}
@@ -223,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = [i % model.spec.num_classes for i in range(args.images)]
     common = dict(class_labels=labels, seeds=list(range(args.images)), cfg_scale=args.cfg_scale, device=args.device,
                   dtype=getattr(torch, args.dtype))
-    runs, logs = candidates(model, args, common)
+    runs, logs, reruns = candidates(model, args, common)
     lats = {mode: time_mode(model, runs, common, args, mode) for mode in args.modes}
-    result = report(runs, logs, lats, cost_table(model), args)
+    result = report(runs, logs, reruns, lats, cost_table(model), args)
     print_table(result)
     text = json.dumps(result, indent=1)
     if args.json:

@@ -15,6 +15,12 @@ Two ways to carry out a scored decision, same outputs up to the rounding of a sm
             CUDA); all-skip / all-compute branches cost nothing extra.
   "where":  compute every sample and blend with torch.where: no host read at all
             (CUDA-graph friendly), but no time saved; for quality runs.
+  "speculate": carry out a predicted decision per (step, block, branch) (a lazydit-static
+            schedule, `method_args["schedule"]`) while the true scores are computed on the
+            device; one host read at the end of the block stack checks every prediction,
+            and a step with a wrong one is run again the "gather" way from the caches it
+            started with. Outputs equal "gather" bit for bit, with one synchronisation per
+            step where the predictions hold (the reruns are counted).
 The score itself runs, on the CPU in float32, as one fused C++ pass over the branch's
 pre-norm input (LayerNorm, modulation and the lazy map; `lazydit.fused_score`, built on
 first use), so a skipped sample never forms h; elsewhere, or with score="eager", as
@@ -35,7 +41,7 @@ from lazydit.fused_score import layernorm_score_logits
 from lazydit.layers import DEFAULT_THRESHOLD, LazyLayers
 from lazydit.weights import METHOD_KEY, WEIGHTS_KEY, layers_from_state, read_lazy_file
 
-EXECUTIONS = ("gather", "where")
+EXECUTIONS = ("gather", "where", "speculate")
 SCORES = ("auto", "eager")
 PAPER = "https://arxiv.org/abs/2412.12444"
 
@@ -48,13 +54,15 @@ class LazyDiTPolicy(Policy):
     class Config:
         weights: str = ""  # official lazy-weights file
         threshold: float | None = None  # compute where score >= threshold; None: the file's (from a target search), else 0.5
-        execution: str = "gather"  # "gather" (saves time) or "where" (no host read, no saving)
+        execution: str = "gather"  # "gather" (saves time), "where" (no host read, no saving) or "speculate"
+        schedule: str = ""  # "speculate": the lazydit-static schedule file that predicts the decisions
         score: str = "auto"  # "auto": the fused CPU kernel where it applies (lazydit.fused_score), else "eager" ops
 
     name: ClassVar[str] = "lazydit"
     paper: ClassVar[str] = PAPER
 
-    def __init__(self, config: "LazyDiTPolicy.Config | None" = None, layers: LazyLayers | None = None):
+    def __init__(self, config: "LazyDiTPolicy.Config | None" = None, layers: LazyLayers | None = None,
+                 prediction: torch.Tensor | None = None):
         super().__init__(config)
         cfg = self.config
         if cfg.execution not in EXECUTIONS:
@@ -70,6 +78,17 @@ class LazyDiTPolicy(Policy):
             raise ValueError(f"threshold={self.threshold!r} is outside the score range; accepted: 0..1")
         if cfg.threshold is None:  # the file's threshold, and so the ratio it was searched for, apply
             self.target_ratio = stored.get("target_ratio")
+        if cfg.execution == "speculate" and prediction is None:
+            if not cfg.schedule:
+                raise ValueError(f"execution 'speculate' of method {self.name!r} needs method_args['schedule']: "
+                                 "a lazydit-static schedule file predicting the decisions")
+            from lazydit.static import load_schedule  # lazydit.static imports this module
+
+            prediction = load_schedule(cfg.schedule)
+        self.prediction = None if prediction is None else prediction.bool().tolist()  # [S][depth][2] plain bools
+        self.speculating = False
+        self.checks: list[torch.Tensor] = []  # this step's (N,) "prediction held" masks
+        self.reruns = 0  # speculative steps run again because a prediction failed
         self.weight: list | None = None  # [step][block][kind] -> (D,) on the run's device
         self.cache: list[list[torch.Tensor | None]] = []
         self.masks: dict[tuple[int, int], torch.Tensor] = {}  # this step's (block, kind) -> (N,) compute mask
@@ -78,9 +97,11 @@ class LazyDiTPolicy(Policy):
 
     @classmethod
     def from_layers(cls, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD, execution: str = "gather",
-                    score: str = "auto") -> "LazyDiTPolicy":
-        """A policy over in-memory lazy layers (training, threshold search, tests)."""
-        return cls(cls.Config(weights="", threshold=threshold, execution=execution, score=score), layers=layers)
+                    score: str = "auto", prediction: torch.Tensor | None = None) -> "LazyDiTPolicy":
+        """A policy over in-memory lazy layers (training, threshold search, tests); `prediction` (S, depth, 2)
+        bool is what "speculate" carries out before checking."""
+        return cls(cls.Config(weights="", threshold=threshold, execution=execution, score=score), layers=layers,
+                   prediction=prediction)
 
     def _load(self, path: str) -> tuple[LazyLayers, dict[str, Any]]:
         """The file's layers and the threshold / target ratio it records (official files record none)."""
@@ -108,6 +129,9 @@ class LazyDiTPolicy(Policy):
         self.known = [[[(0.5 >= self.threshold) if z else None for z in pair] for pair in step] for step in zero]
         self.cache = [[None, None] for _ in range(run.depth)]
         self.score_macs = float(run.num_tokens * run.hidden_size)
+        if self.prediction is not None and len(self.prediction) != run.num_steps:
+            raise ValueError(f"the speculation schedule has {len(self.prediction)} steps; this run has {run.num_steps}")
+        self.reruns = 0
 
     def begin_step(self, index: int) -> None:
         super().begin_step(index)
@@ -130,6 +154,21 @@ class LazyDiTPolicy(Policy):
         return super().finish()
 
     # ---- hooks -------------------------------------------------------------------
+    def run_blocks(self, model, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if self.config.execution != "speculate":
+            return super().run_blocks(model, x, c)
+        started_with = [pair[:] for pair in self.cache]  # speculation never writes into a cached tensor
+        self.checks, self.speculating = [], True
+        try:
+            out = super().run_blocks(model, x, c)
+        finally:
+            self.speculating = False
+        if not self.checks or bool(torch.stack(self.checks).all()):  # the step's one host read
+            return out
+        self.reruns += 1
+        self.cache, self.masks = started_with, {}
+        return super().run_blocks(model, x, c)  # the "gather" way
+
     def decide(self, make_h: Callable[[], torch.Tensor], block: int, kind: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N,) bool, True where the branch is computed (the official score, compared on the device),
         and h where scoring had to compute it (None after the fused kernel, which never forms h)."""
@@ -154,7 +193,11 @@ class LazyDiTPolicy(Policy):
             self.log.branch[self.step, block, kind] = 0.0  # a fill on the device, no host read
             return cached
         compute, h = self.decide(make_h, block, kind)
-        if self.config.execution == "where":
+        if self.speculating:
+            predicted = self.prediction[self.step][block][kind]
+            self.checks.append(compute if predicted else ~compute)  # all True iff the prediction holds
+            out = fn(make_h() if h is None else h) if predicted else cached
+        elif self.config.execution == "where":
             out = torch.where(compute.view(-1, 1, 1), fn(make_h() if h is None else h), cached)
         else:
             out = self._gather(compute, fn, make_h if h is None else lambda: h, cached)

@@ -127,6 +127,40 @@ def test_each_sample_reuses_its_own_cached_output_when_its_score_is_low(executio
     assert log.branch[1, 0, ATTN].tolist() == [1.0, 1.0]
 
 
+def test_speculation_with_holding_predictions_equals_gather_and_reads_the_host_once_per_step(monkeypatch):
+    model = tiny_dit(shift=3.0)
+    layers, pattern = forcing_layers(half_lazy_pattern()), half_lazy_pattern()
+    gather = run(model, LazyDiTPolicy.from_layers(layers))
+    policy = LazyDiTPolicy.from_layers(layers, execution="speculate", prediction=pattern)
+    monkeypatch.setattr(torch, "nonzero", lambda *a, **k: pytest.fail("a per-branch host read"))
+    reads = []
+    real_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or real_bool(t))
+    run(model, "ddim")
+    sampler_reads = len(reads)  # input checks of the sampler, once per call
+    out = run(model, policy)
+    assert len(reads) - 2 * sampler_reads == STEPS - 1  # one per step; the first step scores nothing
+    assert torch.equal(out.latents, gather.latents) and torch.equal(out.decisions.branch, gather.decisions.branch)
+    assert policy.reruns == 0
+
+
+def test_a_failed_prediction_reruns_the_step_and_still_equals_gather():
+    model = tiny_dit(shift=3.0)
+    layers = forcing_layers(half_lazy_pattern())
+    wrong = ~half_lazy_pattern()  # predicts compute where the scores skip and the reverse
+    policy = LazyDiTPolicy.from_layers(layers, execution="speculate", prediction=wrong)
+    out = run(model, policy)
+    gather = run(model, LazyDiTPolicy.from_layers(layers))
+    assert torch.equal(out.latents, gather.latents) and torch.equal(out.decisions.branch, gather.decisions.branch)
+    assert policy.reruns == STEPS - 1  # every step after the first mispredicted
+
+
+def test_speculation_without_a_schedule_names_the_argument(tmp_path):
+    save_lazy_weights(LazyLayers(STEPS, DEPTH, HIDDEN), tmp_path / "w.pt", method="lazydit")
+    with pytest.raises(ValueError, match="schedule"):
+        create_policy("lazydit", {"weights": str(tmp_path / "w.pt"), "execution": "speculate"})
+
+
 def test_score_at_exactly_the_threshold_computes():
     policy = LazyDiTPolicy.from_layers(LazyLayers(2, 1, 4), threshold=0.5)  # zero weights: score 0.5
     policy.start(branch_run())
