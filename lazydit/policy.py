@@ -173,7 +173,8 @@ class LazyDiTPolicy(Policy):
         """(N,) bool, True where the branch is computed (the official score, compared on the device),
         and h where scoring had to compute it (None after the fused kernel, which never forms h)."""
         w = self.weight[self.step][block][kind]  # (D,)
-        h, logits = None, layernorm_score_logits(make_h, w) if self.config.score == "auto" else None
+        h = None
+        logits = layernorm_score_logits(make_h, w) if self.config.score == "auto" else None
         if logits is None:
             h = make_h()
             logits = (h @ w.to(h.dtype)).sum(dim=-1)  # (N, T) -> (N,)
