@@ -65,6 +65,26 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def load_torch_dict(path: str | os.PathLike, key: str, kind: str, make_hint: str) -> dict[str, Any]:
+    """A torch-saved dict that must hold `key`; the errors name the file, the kind and how to make one.
+
+    Args:
+        path: the file.
+        key: the entry that makes the dict a `kind` file.
+        kind: what the file is, for the errors (e.g. "lazy-weights").
+        make_hint: how a user makes one, appended to the missing-file error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file {str(path)!r} not found; {make_hint}")
+    import torch
+
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or key not in payload:
+        raise ValueError(f"{str(path)!r} is not a {kind} file: expected a dict with a {key!r} entry")
+    return payload
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 
-from harness.cache import atomic_torch_save
+from harness.cache import atomic_torch_save, load_torch_dict
 from harness.methods import METHODS, DecisionLog, Policy, RunInfo
 from lazydit.policy import PAPER
 
@@ -60,12 +59,7 @@ def load_schedule(path: str | os.PathLike) -> torch.Tensor:
 
 def read_schedule_file(path: str | os.PathLike) -> dict[str, Any]:
     """The whole schedule file, its "compute" entry checked and made a bool tensor."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"schedule file {str(path)!r} not found; make one with `python -m harness train lazydit-static`")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or SCHEDULE_KEY not in payload:
-        raise ValueError(f"{str(path)!r} is not a LazyDiT schedule: expected a dict with a {SCHEDULE_KEY!r} entry")
+    payload = load_torch_dict(path, SCHEDULE_KEY, "LazyDiT schedule", "make one with `python -m harness train lazydit-static`")
     compute = torch.as_tensor(payload[SCHEDULE_KEY]).bool()
     if compute.dim() != 3 or compute.shape[-1] != 2:
         raise ValueError(f"schedule in {str(path)!r} has shape {tuple(compute.shape)}; expected (steps, depth, 2)")

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.cache import atomic_torch_save
+from harness.cache import atomic_torch_save, load_torch_dict
 from harness.methods import BRANCHES
 from lazydit.layers import LazyLayers
 
@@ -76,13 +75,7 @@ def save_lazy_weights(layers: LazyLayers, path: str | os.PathLike, **extra: Any)
 
 def read_lazy_file(path: str | os.PathLike) -> dict[str, Any]:
     """The whole file as a dict (official files: "model", "opt", "args", "epoch", "step")."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"lazy-weights file {str(path)!r} not found; train one with `python -m harness train lazydit`")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or WEIGHTS_KEY not in payload:
-        raise ValueError(f"{str(path)!r} is not a lazy-weights file: expected a dict with a {WEIGHTS_KEY!r} entry")
-    return payload
+    return load_torch_dict(path, WEIGHTS_KEY, "lazy-weights", "train one with `python -m harness train lazydit`")
 
 
 def load_lazy_weights(path: str | os.PathLike) -> LazyLayers:
