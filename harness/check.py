@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.cache import atomic_write_json
+
 from harness.suite import Suite
 from harness.tables import (MACS_ALL, MACS_LINEAR, SPEEDUP, aggregate, fmt, metric_info, quality_columns, records_frame,
                             render_table)
@@ -97,12 +99,7 @@ def make_baseline(suite: Suite, records: list[dict[str, Any]]) -> dict[str, Any]
 
 def write_baseline(path: str | os.PathLike, baseline: dict[str, Any]) -> Path:
     """Writes the baseline JSON atomically (sorted keys, so diffs stay small)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, baseline)
 
 
 def read_baseline(path: str | os.PathLike, suite: Suite) -> dict[str, Any]:

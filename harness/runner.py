@@ -74,7 +74,9 @@ def default_evaluator(cell: Cell) -> str | None:
         return cell.evaluator
     if cell.random_init:
         return None
-    return "domain" if cell.model.lower().startswith("embedded/") else "inception"
+    from harness.models.zoo import is_embedded
+
+    return "domain" if is_embedded(cell.model) else "inception"
 
 
 def fidelity_metrics(out: SampleOutput, model: nn.Module, cell: Cell, same_run: SampleOutput | None) -> dict[str, Any]:
@@ -232,13 +234,18 @@ def reference_key(cell: Cell) -> tuple:
             cell.num_samples, cell.cfg_scale, cell.device, cell.dtype)
 
 
+def cell_sampling(model: nn.Module, cell: Cell, n: int | None = None, decode: bool = True) -> dict[str, Any]:
+    """`sample`'s arguments, the method aside, for the cell's first `n` images (default all)."""
+    n = cell.num_samples if n is None else n
+    return dict(class_labels=cell.class_labels(model.spec.num_classes, n), seeds=cell.image_seeds(n), steps=cell.steps,
+                cfg_scale=cell.cfg_scale, device=cell.device, dtype=DTYPES[cell.dtype], decode=decode,
+                batch_size=min(cell.batch_size, n))
+
+
 def sample_cell(model: nn.Module, cell: Cell, method: str | Policy, args: dict[str, Any] | None = None,
                 n: int | None = None, decode: bool = True) -> SampleOutput:
     """Samples the cell's first `n` images (default all) with `method` (a name or a ready policy)."""
-    n = cell.num_samples if n is None else n
-    return sample(model, cell.class_labels(model.spec.num_classes, n), cell.image_seeds(n), steps=cell.steps,
-                  cfg_scale=cell.cfg_scale, method=method, method_args=args, device=cell.device,
-                  dtype=DTYPES[cell.dtype], decode=decode, batch_size=min(cell.batch_size, n))
+    return sample(model, method=method, method_args=args, **cell_sampling(model, cell, n, decode))
 
 
 def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
@@ -290,9 +297,9 @@ def measure(cell: Cell, ctx: RunContext, model: nn.Module, policy: Policy, out: 
     if cell.measures("macs"):
         metrics["macs"] = macs_metrics(model, out.decisions)
     if cell.measures("latency"):
-        n, decode = min(cell.latency.batch, cell.num_samples), cell.latency.decode
-        run_method = lambda: sample_cell(model, cell, policy, n=n, decode=decode)  # noqa: E731
-        run_ddim = None if is_reference else (lambda: sample_cell(model, cell, FULL_COMPUTE, n=n, decode=decode))
+        kwargs = cell_sampling(model, cell, min(cell.latency.batch, cell.num_samples), cell.latency.decode)  # outside the timer
+        run_method = lambda: sample(model, method=policy, **kwargs)  # noqa: E731
+        run_ddim = None if is_reference else (lambda: sample(model, method=FULL_COMPUTE, **kwargs))
         metrics["latency"] = latency_metrics(run_method, run_ddim, cell)
     return metrics
 

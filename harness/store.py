@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.cache import atomic_write_bytes
+
 RECORDS_FILE = "records.jsonl"
 OK = "ok"
 
@@ -65,13 +67,7 @@ class RecordStore:
     def rewrite(self, records: Iterable[dict[str, Any]]) -> None:
         """Replaces the file atomically (temporary file, fsync, os.replace)."""
         self._prepare()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            for record in records:
-                fh.write(encode_record(record))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, b"".join(encode_record(record) for record in records))
         _fsync_dir(self.path.parent)
 
     def compact(self) -> int:
@@ -138,9 +134,6 @@ class RecordStore:
                 out.pop(record["config_hash"], None)  # re-insert: the latest record keeps file order last
                 out[record["config_hash"]] = record
         return out
-
-    def completed_hashes(self) -> set[str]:
-        return set(self.latest(self.read()))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,9 +9,7 @@ a suite sees the same images' noise, whatever the batch size.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import tomllib
 import types
 import typing
@@ -20,6 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from harness.cache import content_hash
 
 SCHEMA_VERSION = 1
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -333,14 +333,14 @@ class Cell:
 
     def config_hash(self) -> str:
         """sha256 (16 hex digits) of the cell's canonical JSON: equal hashes, equal configurations."""
-        return canonical_hash({"schema": SCHEMA_VERSION, **self.to_dict()})
+        return content_hash({"schema": SCHEMA_VERSION, **self.to_dict()})
 
     def variant_hash(self) -> str:
         """The config hash without the seed set: cells that differ only in seeds share it."""
         data = self.to_dict()
         data.pop("seed")
         data.pop("seed_index")
-        return canonical_hash({"schema": SCHEMA_VERSION, **data})
+        return content_hash({"schema": SCHEMA_VERSION, **data})
 
     def cell_id(self) -> str:
         """A readable, unique-within-a-suite name: model@res/method(args)/steps/device/dtype/bs/seed."""
@@ -370,9 +370,6 @@ def image_seed(suite_seed: int, index: int) -> int:
     return int(state[0] >> 1)
 
 
-def canonical_hash(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from harness.cache import atomic_write_bytes
 from harness.suite import Suite, slug
 
 PUBLISHED_CSV = Path(__file__).resolve().parent / "reference" / "published_results.csv"
@@ -205,6 +206,11 @@ def macs_unit(values: Iterable[float]) -> tuple[str, float]:
     return "MACs", 1.0
 
 
+def with_comparisons(table: pd.DataFrame, primary: str) -> pd.DataFrame:
+    """`aggregate(...)` rows of one model and resolution plus the matched-budget and MACs-implied columns."""
+    return add_macs_implied(add_matched_budget(table, primary))
+
+
 def leaderboard(table: pd.DataFrame, primary: str) -> pd.DataFrame:
     """The display table of one model and resolution (strings, headers with arrows).
 
@@ -212,7 +218,11 @@ def leaderboard(table: pd.DataFrame, primary: str) -> pd.DataFrame:
         table: `aggregate(...)` rows of one model and resolution.
         primary: the quality metric of the matched-budget columns (e.g. "fid", "domain_fid").
     """
-    table = add_macs_implied(add_matched_budget(table, primary))
+    return display_table(with_comparisons(table, primary), primary)
+
+
+def display_table(table: pd.DataFrame, primary: str) -> pd.DataFrame:
+    """`leaderboard` of a table that already has `with_comparisons`' columns."""
     quality = [c for c in quality_columns(table) if metric_info(c).on_board]
     quality.sort(key=lambda c: (c.split(".")[0] != "quality", c.split(".")[-1] != primary, c))
     unit, scale = macs_unit(list(table.get(MACS_ALL, [])) + list(table.get(MACS_LINEAR, [])))
@@ -327,8 +337,6 @@ def paper_vs_measured(measured: pd.DataFrame, sources: Iterable[str]) -> pd.Data
 
 
 def _match_measured(measured: pd.DataFrame, paper: pd.Series) -> pd.Series | None:
-    if measured.empty:
-        return None
     same = measured[(measured["model"].str.lower() == str(paper["model"]).lower())
                     & (measured["resolution"] == int(paper["resolution"])) & (measured["method"] == paper["method"])
                     & (measured["steps"].astype(str) == str(paper["steps"]))]
@@ -342,16 +350,21 @@ def _match_measured(measured: pd.DataFrame, paper: pd.Series) -> pd.Series | Non
 #                                Files of a suite
 # ----------------------------------------------------------------------------------------
 
-def suite_tables(suite: Suite, records: list[dict[str, Any]]) -> dict[str, str]:
-    """File name -> content of every table of a suite (leaderboards in three formats, paper vs measured)."""
-    measured = aggregate(records_frame(records))
+def suite_tables(suite: Suite, measured: pd.DataFrame) -> dict[str, str]:
+    """File name -> content of every table of a suite (leaderboards in three formats, paper vs measured).
+
+    Args:
+        suite: the parsed suite.
+        measured: `aggregate(records_frame(records))` of its current records.
+    """
     md, tex, csv_parts = [f"# {suite.name}: leaderboard\n", suite.description + "\n" if suite.description else ""], [], []
     for (model, resolution), table in section_groups(measured):
-        shown = leaderboard(table, suite.primary_metric)
+        full = with_comparisons(table, suite.primary_metric)
+        shown = display_table(full, suite.primary_metric)
         title = f"{model} @ {resolution}px"
         md.append(f"\n## {title}\n\n{render_table(shown, 'markdown')}")
         tex.append(f"% {title}\n{render_table(shown, 'latex')}")
-        csv_parts.append(add_matched_budget(table, suite.primary_metric))
+        csv_parts.append(full)
     md.append(f"\n{LEGEND}\n")
     files = {"leaderboard.md": "".join(md), "leaderboard.tex": "\n".join(tex),
              "leaderboard.csv": render_table(pd.concat(csv_parts) if csv_parts else measured, "csv")}
@@ -404,15 +417,9 @@ def write_reports(suite: Suite, results_dir: str | Path) -> list[Path]:
     from harness.plots import suite_plots
     from harness.store import suite_dir
 
-    records = current_records(suite, results_dir)
+    measured = aggregate(records_frame(current_records(suite, results_dir)))
     folder = suite_dir(results_dir, suite.name)
-    files: dict[str, str | bytes] = dict(suite_tables(suite, records))
-    files.update(suite_plots(aggregate(records_frame(records)), suite.primary_metric, suite.name))
-    written = []
-    for name, content in sorted(files.items()):
-        path = folder / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(content.encode() if isinstance(content, str) else content)
-        tmp.replace(path)
-        written.append(path)
-    return written
+    files: dict[str, str | bytes] = dict(suite_tables(suite, measured))
+    files.update(suite_plots(measured, suite.primary_metric, suite.name))
+    return [atomic_write_bytes(folder / name, content.encode() if isinstance(content, str) else content)
+            for name, content in sorted(files.items())]

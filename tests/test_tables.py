@@ -113,7 +113,7 @@ def test_latex_escapes_text_and_typesets_arrows():
 
 
 def test_csv_reads_back_as_numbers():
-    files = suite_tables(suite(), ddim_and_method_records())
+    files = suite_tables(suite(), aggregate(records_frame(ddim_and_method_records())))
     frame = pd.read_csv(io.StringIO(files["leaderboard.csv"]))
     assert frame["quality.fid"].tolist() == [10.0, 20.0, 12.0]
     assert frame["matched.macs.gain"].iloc[2] == pytest.approx(3.0)
