@@ -8,6 +8,7 @@ import torch
 
 from harness import build_model, load_model, sample
 from harness.models import zoo
+from harness.provenance import sha256_file
 from harness.training import TrainConfig, train_embedded
 
 SHIPPED = sorted(zoo.EMBEDDED_ARCHS)
@@ -44,7 +45,7 @@ def test_unknown_embedded_name_lists_the_shipped_ones():
 def test_shipped_model_loads_without_a_path_and_checks_its_hash(name):
     model = load_model(name)
     entry = zoo.shipped_models()[name]
-    assert model.checkpoint_sha256 == entry["sha256"] == zoo.file_sha256(model.checkpoint_path)
+    assert model.checkpoint_sha256 == entry["sha256"] == sha256_file(model.checkpoint_path)
     assert not model.training and model.spec.name == name and model.spec.vae is None
 
 

@@ -142,14 +142,15 @@ def heldout_accuracy(model: DigitsClassifier, resolution: int = CLASSIFIER_SIZE)
 
 def install_classifier(model: DigitsClassifier, summary: dict, command: str, zoo_dir: str | os.PathLike | None = None) -> dict:
     """Writes the classifier's fp16 weights and its manifest entry to the zoo; returns the entry."""
-    from harness.models.zoo import ZOO_DIR, file_sha256, record_entry
+    from harness.models.zoo import ZOO_DIR, record_entry
+    from harness.provenance import sha256_file
     from harness.cache import atomic_torch_save
 
     zoo = Path(zoo_dir or ZOO_DIR)
     zoo.mkdir(parents=True, exist_ok=True)
     file = CLASSIFIER_NAME + ".pt"
     atomic_torch_save({k: v.half() for k, v in model.state_dict().items()}, zoo / file)
-    entry = dict(summary, name=CLASSIFIER_NAME, kind="classifier", file=file, sha256=file_sha256(zoo / file), dtype="float16",
+    entry = dict(summary, name=CLASSIFIER_NAME, kind="classifier", file=file, sha256=sha256_file(zoo / file), dtype="float16",
                  architecture="DigitsClassifier (4 conv 3x3, 2 maxpool, fc 128, 10 logits), 16x16 input",
                  training_command=command, feature_extractor=DOMAIN_EXTRACTOR)
     record_entry(entry, zoo)

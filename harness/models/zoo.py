@@ -7,7 +7,6 @@ checks the checkpoint's sha256 and returns the EMA weights in eval mode.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from harness.cache import atomic_write_json
 from harness.models import MODELS, ModelSpec
 from harness.models.dit import DiT, DiTConfig
+from harness.provenance import sha256_file
 
 EMBEDDED_PREFIX = "embedded/"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -70,14 +70,6 @@ for _name, _arch in EMBEDDED_ARCHS.items():
 #                              Manifest and loading                             #
 #################################################################################
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_manifest(zoo_dir: str | os.PathLike = ZOO_DIR) -> dict[str, dict]:
     """The zoo manifest: {name: entry}; entries have kind "model" (the DiTs) or "classifier" ({} when absent)."""
     path = Path(zoo_dir) / MANIFEST
@@ -101,7 +93,7 @@ def verified_file(entry: dict, what: str, zoo_dir: str | os.PathLike = ZOO_DIR) 
     path = Path(zoo_dir) / entry["file"]
     if not path.is_file():
         raise FileNotFoundError(f"{what}: checkpoint {path} is missing from the zoo (the manifest lists it)")
-    actual = file_sha256(path)
+    actual = sha256_file(path)
     if actual != entry["sha256"]:
         raise ValueError(f"{what}: sha256 of {path.name} is {actual}, the manifest says {entry['sha256']}; the file is corrupt")
     return path
@@ -151,7 +143,7 @@ def install_run(run_dir: str | os.PathLike, command: str | None = None, zoo_dir:
     atomic_torch_save({k: v.half() for k, v in checkpoint["ema"].items()}, zoo / file)
     arch = EMBEDDED_ARCHS[key]
     entry = {
-        "name": key, "kind": "model", "file": file, "sha256": file_sha256(zoo / file), "dtype": "float16 (EMA weights)",
+        "name": key, "kind": "model", "file": file, "sha256": sha256_file(zoo / file), "dtype": "float16 (EMA weights)",
         "architecture": dict(arch, family="dit"), "resolution": arch["input_size"],
         "data": "sklearn.datasets.load_digits, harness.data train split", "data_hash": summary["data_hash"],
         "training_command": command or summary.get("command"), "steps": summary["steps"],
