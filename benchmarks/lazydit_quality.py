@@ -18,15 +18,13 @@ import numpy as np
 import torch
 
 from harness import load_model, sample
+from harness.metrics.fidelity import LATENT_MSE, PSNR, SSIM, FullComputeReference, compute_fidelity_metrics
 from lazydit.accounting import laziness
 from lazydit.static import LazyDiTStaticPolicy, calibrate_schedule
 from lazydit.weights import read_lazy_file
 
 
-def psnr(images: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR (dB) of uint8 images against the reference, over the whole set."""
-    mse = np.mean((images.astype(np.float64) - reference.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+FIDELITY_SHOWN = (PSNR, SSIM, LATENT_MSE)  # per-image means against full DDIM, as in suite records
 
 
 def quality(model, images: np.ndarray, labels: list[int], use_domain: bool) -> dict:
@@ -71,14 +69,16 @@ def main(argv: list[str] | None = None) -> int:
             method: sample(model, **common, steps=args.steps, method=method, method_args=lazy_args)}
     runs["lazydit-static"] = sample(model, **common, steps=args.steps, method=LazyDiTStaticPolicy.from_schedule(schedule))
     matched = max(1, round(args.steps * (1 - laziness(runs[method].decisions).overall)))
-    runs.setdefault(f"ddim-{matched}", sample(model, **common, steps=matched))
+    if f"ddim-{matched}" not in runs:
+        runs[f"ddim-{matched}"] = sample(model, **common, steps=matched)
 
-    reference = runs[f"ddim-{args.steps}"]
+    full = runs[f"ddim-{args.steps}"]
+    reference = FullComputeReference(f"ddim-{args.steps}", full.latents, full.images)
     rows = {}
     for label, out in runs.items():
         rows[label] = {"lazy_ratio": laziness(out.decisions).overall,
-                       "psnr_vs_full_db": psnr(out.images, reference.images),
-                       "latent_mse_vs_full": float(((out.latents - reference.latents) ** 2).mean()),
+                       **{f"{name}_vs_full": value for name, value in
+                          compute_fidelity_metrics(out.images, out.latents, reference).items() if name in FIDELITY_SHOWN},
                        **quality(model, out.images, labels, not args.no_domain)}
     print(f"{'method':<18}" + "".join(f"{k[:14]:>16}" for k in next(iter(rows.values()))), file=sys.stderr)
     for label, r in rows.items():

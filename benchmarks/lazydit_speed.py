@@ -120,9 +120,9 @@ def candidates(model: nn.Module, args: argparse.Namespace, common: dict[str, Any
             f"ddim-{matched}": (matched, Policy)}
     for s in args.extra_ddim:
         runs.setdefault(f"ddim-{s}", (s, Policy))
-    policies = {label: make() for label, (_, make) in runs.items()}
-    logs = {label: sample(model, **common, steps=runs[label][0], method=policy, decode=False).decisions
-            for label, policy in policies.items()}
+    policies = {label: make() for label, (_, make) in runs.items() if label != "lazydit"}
+    logs = {"lazydit": log, **{label: sample(model, **common, steps=runs[label][0], method=policy, decode=False).decisions
+                               for label, policy in policies.items()}}
     reruns = {label: p.reruns for label, p in policies.items() if isinstance(p, LazyDiTPolicy)}
     return runs, logs, reruns
 

@@ -82,18 +82,17 @@ class DecisionLog:
         half = self.branch.shape[-1] // 2
         return DecisionLog(self.branch[..., :half], self.block[..., :half], self.overhead_macs[..., :half], False)
 
+    def laziness(self, conditional_only: bool = True) -> dict[str, Any]:
+        """Share of branch evaluations skipped: per branch type, "all", "per_step" [step index][branch]
+        and "per_block" [block][branch]; over the conditional CFG half (the MACs tables' convention)
+        unless `conditional_only=False` (every model-batch sample, as the official LazyDiT code counts)."""
+        skipped = 1.0 - (self.conditional() if conditional_only else self).branch.float()  # (S, depth, 2, B)
+        return {**{name: skipped[:, :, k].mean().item() for k, name in enumerate(BRANCHES)}, "all": skipped.mean().item(),
+                "per_step": skipped.mean(dim=(1, 3)).tolist(), "per_block": skipped.mean(dim=(0, 3)).tolist()}
+
     def lazy_ratio(self) -> dict[str, float]:
         """Share of branch evaluations skipped, per branch type and overall (conditional half)."""
-        skipped = 1.0 - self.conditional().branch.float()
-        out = {name: skipped[:, :, k].mean().item() for k, name in enumerate(BRANCHES)}
-        out["all"] = skipped.mean().item()
-        return out
-
-    def laziness(self) -> dict[str, Any]:
-        """`lazy_ratio()` plus its breakdown: "per_step" [step index][branch] and "per_block" [block][branch]."""
-        skipped = 1.0 - self.conditional().branch.float()  # (S, depth, 2, B)
-        return {**self.lazy_ratio(), "per_step": skipped.mean(dim=(1, 3)).tolist(),
-                "per_block": skipped.mean(dim=(0, 3)).tolist()}
+        return {key: value for key, value in self.laziness().items() if not key.startswith("per_")}
 
     @staticmethod
     def concat(logs: list["DecisionLog"]) -> "DecisionLog":

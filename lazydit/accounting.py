@@ -28,10 +28,6 @@ class Laziness:
     per_step: list[list[float]]  # [step index][branch type]
     per_block: list[list[float]]  # [block][branch type]
 
-    def to_dict(self) -> dict:
-        return {"lazy_ratio": self.overall, "lazy_ratio_per_type": self.per_type,
-                "lazy_ratio_per_step": self.per_step, "lazy_ratio_per_block": self.per_block}
-
 
 def laziness(log: DecisionLog, conditional_only: bool = False) -> Laziness:
     """The realised lazy ratios of a run.
@@ -40,13 +36,9 @@ def laziness(log: DecisionLog, conditional_only: bool = False) -> Laziness:
         log: the run's decision log.
         conditional_only: count the conditional CFG half only (default: every model-batch sample, as the official code).
     """
-    skipped = 1.0 - (log.conditional() if conditional_only else log).branch.float().cpu()  # (S, depth, 2, B)
-    return Laziness(
-        overall=skipped.mean().item(),
-        per_type={name: skipped[:, :, k].mean().item() for k, name in enumerate(BRANCHES)},
-        per_step=skipped.mean(dim=(1, 3)).tolist(),
-        per_block=skipped.mean(dim=(0, 3)).tolist(),
-    )
+    ratios = log.laziness(conditional_only)
+    return Laziness(overall=ratios["all"], per_type={name: ratios[name] for name in BRANCHES},
+                    per_step=ratios["per_step"], per_block=ratios["per_block"])
 
 
 def threshold_for_ratio(model: nn.Module, layers: LazyLayers, target_ratio: float, steps: int | str,

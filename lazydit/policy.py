@@ -122,10 +122,10 @@ class LazyDiTPolicy(Policy):
     def start(self, run: RunInfo) -> None:
         super().start(run)
         self.layers.check_fits(run.num_steps, run.depth, run.hidden_size)
-        weight = self.layers.weight.to(run.device)
-        self.weight = [[list(block.unbind(0)) for block in step.unbind(0)] for step in weight.unbind(0)]  # [S][depth][2] (D,)
+        weight = self.layers.weight  # a stacked copy: read once
+        self.weight = [[list(block.unbind(0)) for block in step.unbind(0)] for step in weight.to(run.device).unbind(0)]  # [S][depth][2] (D,)
         # A zero layer scores exactly sigmoid(0) = 0.5 whatever h is: its decision is known without looking.
-        zero = (self.layers.weight == 0).all(dim=-1).tolist()  # [S][depth][2]
+        zero = (weight == 0).all(dim=-1).tolist()  # [S][depth][2]
         self.known = [[[(0.5 >= self.threshold) if z else None for z in pair] for pair in step] for step in zero]
         self.cache = [[None, None] for _ in range(run.depth)]
         self.score_macs = float(run.num_tokens * run.hidden_size)
@@ -226,10 +226,9 @@ class LazyDiTAllStepsPolicy(LazyDiTPolicy):
     name: ClassVar[str] = "lazydit-allsteps"
 
 
-def lazydit_policy_for(method: str, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD,
-                       execution: str = "gather") -> LazyDiTPolicy:
+def lazydit_policy_for(method: str, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD) -> LazyDiTPolicy:
     """The registered LazyDiT policy class `method` over in-memory layers."""
     cls: Any = METHODS.get(method)
     if not issubclass(cls, LazyDiTPolicy):
         raise ValueError(f"method {method!r} is not a LazyDiT method; accepted: lazydit, lazydit-allsteps")
-    return cls.from_layers(layers, threshold, execution)
+    return cls.from_layers(layers, threshold)
