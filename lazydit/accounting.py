@@ -41,6 +41,18 @@ def laziness(log: DecisionLog, conditional_only: bool = False) -> Laziness:
                     per_step=ratios["per_step"], per_block=ratios["per_block"])
 
 
+def realised_ratio(model: nn.Module, layers: LazyLayers, threshold: float, steps: int | str, class_labels: Sequence[int],
+                   seeds: Sequence[int], cfg_scale: float = 1.5, method: str = "lazydit",
+                   device: str | torch.device = "cpu") -> float:
+    """The lazy ratio (every model-batch sample) the layers realise at `threshold` on calibration images."""
+    from harness.sampling import sample
+    from lazydit.policy import lazydit_policy_for
+
+    policy = lazydit_policy_for(method, layers, threshold)
+    out = sample(model, class_labels, seeds, steps=steps, cfg_scale=cfg_scale, method=policy, device=device, decode=False)
+    return laziness(out.decisions).overall
+
+
 def threshold_for_ratio(model: nn.Module, layers: LazyLayers, target_ratio: float, steps: int | str,
                         class_labels: Sequence[int], seeds: Sequence[int], cfg_scale: float = 1.5,
                         method: str = "lazydit", iterations: int = 14, tolerance: float = 0.01,
@@ -62,16 +74,11 @@ def threshold_for_ratio(model: nn.Module, layers: LazyLayers, target_ratio: floa
         tolerance: stop once |achieved - target| is within it.
         device: where the calibration runs.
     """
-    from harness.sampling import sample
-    from lazydit.policy import lazydit_policy_for
-
     if not 0.0 <= target_ratio <= 1.0:
         raise ValueError(f"target_ratio={target_ratio!r} is out of range; accepted: 0..1")
 
     def achieved(threshold: float) -> float:
-        policy = lazydit_policy_for(method, layers, threshold)
-        out = sample(model, class_labels, seeds, steps=steps, cfg_scale=cfg_scale, method=policy, device=device, decode=False)
-        return laziness(out.decisions).overall
+        return realised_ratio(model, layers, threshold, steps, class_labels, seeds, cfg_scale, method, device)
 
     lo, hi = -LOGIT_RANGE, LOGIT_RANGE
     best: tuple[float, float] | None = None

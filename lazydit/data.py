@@ -47,14 +47,12 @@ def training_batches(model: nn.Module, source: str, batch_size: int, seed: int =
 
 
 def _shuffled(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
+    from harness.training import BatchStream
+
+    stream = BatchStream(len(x), batch_size, torch.Generator().manual_seed(seed))  # drop_last, as the official loader
     while True:
-        order = torch.randperm(len(x), generator=gen)
-        for lo in range(0, len(order) - batch_size + 1, batch_size):  # drop_last, as the official loader
-            rows = order[lo: lo + batch_size]
-            yield x[rows].to(device), y[rows].to(device)
-        if len(order) < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the {len(order)} training samples")
+        rows = stream.next()
+        yield x[rows].to(device), y[rows].to(device)
 
 
 def _digits(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence
 
 import torch.nn as nn
 
-from lazydit.accounting import laziness, threshold_for_ratio
+from lazydit.accounting import realised_ratio, threshold_for_ratio
 from lazydit.data import training_batches
 from lazydit.layers import DEFAULT_THRESHOLD
 from lazydit.training import LazyTrainConfig, train_lazy_layers
@@ -67,7 +66,8 @@ def train_to_file(model_name: str, out: str, config: LazyTrainConfig, data: str,
         threshold, achieved = threshold_for_ratio(model, layers, target_ratio, config.steps, labels, seeds, cfg_scale,
                                                   method=config.method, device=device)
     else:
-        threshold, achieved = DEFAULT_THRESHOLD, realised_ratio(model, layers, config, labels, seeds, cfg_scale, device)
+        threshold = DEFAULT_THRESHOLD
+        achieved = realised_ratio(model, layers, threshold, config.steps, labels, seeds, cfg_scale, config.method, device)
     summary = {
         "method": config.method, "model": model_name, "weights": out, "threshold": threshold,
         "target_ratio": target_ratio, "achieved_ratio": achieved, "train_seconds": round(train_s, 1),
@@ -76,16 +76,6 @@ def train_to_file(model_name: str, out: str, config: LazyTrainConfig, data: str,
     save_lazy_weights(layers, out, **{METHOD_KEY: config.method, "threshold": threshold, "target_ratio": target_ratio,
                                       "achieved_ratio": achieved, "model_name": model_name, "train": config.to_dict()})
     return summary
-
-
-def realised_ratio(model: nn.Module, layers, config: LazyTrainConfig, labels: Sequence[int], seeds: Sequence[int],
-                   cfg_scale: float, device: str) -> float:
-    from harness.sampling import sample
-    from lazydit.policy import lazydit_policy_for
-
-    out = sample(model, labels, seeds, steps=config.steps, cfg_scale=cfg_scale,
-                 method=lazydit_policy_for(config.method, layers), device=device, decode=False)
-    return laziness(out.decisions).overall
 
 
 def _tail_mean(history: list[dict[str, float]], key: str, tail: int = 20) -> float:
