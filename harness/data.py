@@ -93,8 +93,3 @@ def load_digits_split(split: str, resolution: int = NATIVE_SIZE) -> DigitsSplit:
     return DigitsSplit(split, resolution, x, y, tensor_hash(x, y))
 
 
-def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] images (N, C, H, W) -> uint8 (N, H, W, C) with the sampler's rounding."""
-    from harness.models.vae import to_uint8
-
-    return to_uint8(images)

@@ -4,7 +4,9 @@ import pytest
 import torch_fidelity
 
 from harness.cache import CACHE_ENV
-from harness.data import load_digits_split, to_uint8_nhwc
+from harness.data import load_digits_split
+from harness.metrics.quality import ImageArrayDataset
+from harness.models.vae import to_uint8
 from harness.metrics import domain
 
 
@@ -15,7 +17,7 @@ def private_cache(tmp_path, monkeypatch):
 
 def real_images(split: str, resolution: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     data = load_digits_split(split, resolution)
-    return to_uint8_nhwc(data.images)[:n], data.labels[:n].numpy()
+    return to_uint8(data.images)[:n], data.labels[:n].numpy()
 
 
 def test_classifier_reaches_097_on_the_heldout_split():
@@ -33,7 +35,7 @@ def test_torch_fidelity_computes_fid_with_the_domain_features():
     images, _ = real_images("train", 8, 100)
     reference, _ = real_images("heldout", 8, 100)
     result = torch_fidelity.calculate_metrics(
-        input1=domain.UInt8Images(images), input2=domain.UInt8Images(reference), fid=True, cuda=False,
+        input1=ImageArrayDataset(images), input2=ImageArrayDataset(reference), fid=True, cuda=False,
         feature_extractor=domain.register_domain_extractor(), feature_layer_fid="fc", save_cpu_ram=True, verbose=False,
     )
     assert 0 < result["frechet_inception_distance"] < 500

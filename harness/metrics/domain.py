@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from harness.cache import cache_root
-from harness.data import NUM_CLASSES, load_digits_split, to_uint8_nhwc
+from harness.data import NUM_CLASSES, load_digits_split, upsample
+from harness.metrics.quality import ImageArrayDataset
+from harness.models.vae import to_uint8
 
 DOMAIN_EXTRACTOR = "digits-cnn"  # torch-fidelity feature extractor name
 CLASSIFIER_NAME = "digits-classifier"  # its entry in harness/zoo/manifest.json ("classifiers")
@@ -63,19 +64,13 @@ class DigitsClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """All feature layers for images x (N, 1, h, w) in [-1, 1] (resized to 16x16 here)."""
-        x = resize_for_classifier(x)
+        x = upsample(x, CLASSIFIER_SIZE)
         h = self.conv(x)  # (N, 64, 4, 4)
         fc = F.relu(self.fc(h.flatten(1)))  # (N, 128)
         return {"conv": h.mean(dim=(2, 3)), "fc": fc, "logits": self.head(fc)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)["logits"]
-
-
-def resize_for_classifier(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[-1] == CLASSIFIER_SIZE:
-        return x
-    return F.interpolate(x, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode="bilinear", align_corners=False)
 
 
 def uint8_to_input(images: torch.Tensor) -> torch.Tensor:
@@ -87,7 +82,7 @@ def uint8_to_input(images: torch.Tensor) -> torch.Tensor:
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats -> the same images after the sampler's uint8 rounding, back in [-1, 1]."""
-    return uint8_to_input(torch.from_numpy(to_uint8_nhwc(x)).permute(0, 3, 1, 2))
+    return uint8_to_input(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2))
 
 
 def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -224,21 +219,6 @@ def register_domain_extractor() -> str:
     return DOMAIN_EXTRACTOR
 
 
-class UInt8Images(Dataset):
-    """uint8 images (N, H, W, C) as the (C, H, W) tensors torch-fidelity's loaders expect."""
-
-    def __init__(self, images: np.ndarray):
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"expected uint8 images (N, H, W, C); got dtype {images.dtype}, shape {images.shape}")
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
-
-
 #################################################################################
 #                          Reference and domain metrics                         #
 #################################################################################
@@ -264,7 +244,7 @@ def resolve_resolution(model_or_resolution: str | int | None, images: np.ndarray
 def reference_images(resolution: int) -> tuple[np.ndarray, str]:
     """The held-out split at `resolution` as uint8 (N, H, W, 1), and the cache name holding its content hash."""
     heldout = load_digits_split("heldout", resolution)
-    images = to_uint8_nhwc(heldout.images)
+    images = to_uint8(heldout.images)
     name = f"digits-heldout-{resolution}px-{heldout.data_hash[:16]}-clf{classifier_entry()['sha256'][:16]}"
     return images, name
 
@@ -310,7 +290,7 @@ def domain_metrics(images: np.ndarray, model_or_resolution: str | int | None = N
     if len(images) < prc_neighborhood + 1:
         raise ValueError(f"need at least {prc_neighborhood + 1} images for domain metrics; got {len(images)}")
     result = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(images), input2=UInt8Images(reference), input2_cache_name=cache_name,
+        input1=ImageArrayDataset(images), input2=ImageArrayDataset(reference), input2_cache_name=cache_name,
         cache_root=str(cache_dir()), feature_extractor=register_domain_extractor(), feature_layer_fid=feature_layer,
         feature_layer_kid=feature_layer, feature_layer_prc=feature_layer, fid=True, kid=True, prc=True,
         kid_subsets=kid_subsets, kid_subset_size=min(1000, len(images), len(reference)),

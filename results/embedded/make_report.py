@@ -73,10 +73,11 @@ def evaluate(model, name: str, budgets: list[int], cfg: float, n: int, seed_sets
 
 def real_floor(name: str, n: int, seed_sets: int) -> dict:
     """The same metrics for disjoint sets of n real train images: what a perfect model would score."""
-    from harness.data import load_digits_split, to_uint8_nhwc
+    from harness.data import load_digits_split
+    from harness.models.vae import to_uint8
 
     train = load_digits_split("train", EMBEDDED_ARCHS[name]["input_size"])
-    images, labels = to_uint8_nhwc(train.images), train.labels.numpy()
+    images, labels = to_uint8(train.images), train.labels.numpy()
     runs = [domain_metrics(images[s * n:(s + 1) * n], name, labels=labels[s * n:(s + 1) * n]) for s in range(seed_sets)]
     return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))}
             for k in (DOMAIN_FID, DOMAIN_KID_MEAN, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_ACCURACY)}
