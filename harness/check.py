@@ -70,11 +70,12 @@ def make_baseline(suite: Suite, records: list[dict[str, Any]]) -> dict[str, Any]
     if measured.empty:
         raise ValueError(f"no records of suite {suite.name!r} to make a baseline from")
     spread = pooled_spread(measured)
+    columns = quality_columns(measured)
     variants = {}
     for _, row in measured.iterrows():
         group_spread = spread[f"{row['model']}@{row['resolution']}"]
         quality, tolerance = {}, {}
-        for col in quality_columns(measured):
+        for col in columns:
             if _number(row[col]) is None:
                 continue
             quality[col] = float(row[col])

@@ -39,7 +39,6 @@ from harness.suite import SCHEMA_VERSION, Cell, Suite
 RECORD_SCHEMA = SCHEMA_VERSION
 FULL_COMPUTE = "ddim"
 SEED_DERIVATION = "numpy.random.SeedSequence([suite_seed, i]).generate_state(1, uint32)[0] >> 1"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_KEPT_BYTES = 256 << 20  # DDIM outputs kept in memory as fidelity references for the rest of the run
 
 # Quality evaluators: name -> fn(images uint8 NHWC, labels, model, cell, reference path, **evaluator_args) -> {metric: value}.
@@ -92,7 +91,7 @@ def fidelity_metrics(out: SampleOutput, model: nn.Module, cell: Cell, same_run: 
     else:
         reference = full_compute_reference(model, cell.class_labels(model.spec.num_classes), cell.image_seeds(),
                                            cell.steps, cell.cfg_scale, decode=out.images is not None,
-                                           device=cell.device, dtype=DTYPES[cell.dtype], batch_size=cell.batch_size)
+                                           device=cell.device, dtype=getattr(torch, cell.dtype), batch_size=cell.batch_size)
     return compute_fidelity_metrics(out.images, out.latents, reference)
 
 
@@ -238,7 +237,7 @@ def cell_sampling(model: nn.Module, cell: Cell, n: int | None = None, decode: bo
     """`sample`'s arguments, the method aside, for the cell's first `n` images (default all)."""
     n = cell.num_samples if n is None else n
     return dict(class_labels=cell.class_labels(model.spec.num_classes, n), seeds=cell.image_seeds(n), steps=cell.steps,
-                cfg_scale=cell.cfg_scale, device=cell.device, dtype=DTYPES[cell.dtype], decode=decode,
+                cfg_scale=cell.cfg_scale, device=cell.device, dtype=getattr(torch, cell.dtype), decode=decode,
                 batch_size=min(cell.batch_size, n))
 
 
@@ -262,7 +261,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     wall = time.perf_counter()
     decode = cell.measures("quality") or cell.measures("fidelity")  # cost-only cells need no VAE
     with memory_metrics(cell.device) as memory:
-        out = sample_cell(model, cell, policy, args, decode=decode)
+        out = sample_cell(model, cell, policy, decode=decode)
     laziness = {**out.decisions.laziness(), **({"target": policy.target_ratio} if policy.target_ratio is not None else {})}
     metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": laziness,
                **({"memory": memory} if cell.measures("memory") else {}), **measure(cell, ctx, model, policy, out)}

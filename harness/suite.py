@@ -27,7 +27,6 @@ METRIC_GROUPS = ("quality", "fidelity", "macs", "latency", "memory")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 TEMPLATE_KEYS = ("model", "model_slug", "resolution", "steps", "seed")
-MIN_REPEATS = 10  # the latency protocol's minimum (harness.cost.latency)
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,6 +194,7 @@ class Suite:
 
     def validate(self) -> None:
         """Checks axis values against what the harness accepts; raises one SpecError."""
+        from harness.cost.latency import check_protocol
         from harness.diffusion import parse_steps
         from harness.methods import METHODS
         from harness.models import MODELS
@@ -227,9 +227,10 @@ class Suite:
         _check_choices(self.metrics, METRIC_GROUPS, "metrics")
         if self.num_samples < 1 or any(b < 1 for b in self.batch_sizes) or self.latency.batch < 1:
             raise SpecError("num_samples, batch_sizes and latency.batch must be positive integers")
-        if self.latency.repeats < MIN_REPEATS or self.latency.warmup < 1:
-            raise SpecError(f"latency.repeats = {self.latency.repeats}, latency.warmup = {self.latency.warmup}; "
-                            f"accepted: repeats >= {MIN_REPEATS}, warmup >= 1 (the latency protocol)")
+        try:
+            check_protocol(self.latency.warmup, self.latency.repeats)
+        except ValueError as err:
+            raise SpecError(f"latency.{err}") from None
 
     # ---- expansion ------------------------------------------------------------------------
     def cells(self) -> list["Cell"]:

@@ -143,11 +143,12 @@ class Latency:
                 "threads": self.threads, "scope": self.scope, "mode": self.mode}
 
 
-def _check_protocol(warmup: int, repeats: int) -> None:
+def check_protocol(warmup: int, repeats: int) -> None:
+    """Raises ValueError naming the value unless warmup >= 1 and repeats >= MIN_REPEATS."""
     if repeats < MIN_REPEATS:
-        raise ValueError(f"repeats={repeats} is below the protocol's minimum; accepted: >= {MIN_REPEATS}")
+        raise ValueError(f"repeats={repeats} is below the protocol's minimum; accepted: repeats >= {MIN_REPEATS}")
     if warmup < 1:
-        raise ValueError(f"warmup={warmup}; accepted: >= 1 (the first call pays allocation, compilation, caches)")
+        raise ValueError(f"warmup={warmup}; accepted: warmup >= 1 (the first call pays allocation, compilation, caches)")
 
 
 def measure_latency(fn: Callable[[], Any], device: str | torch.device = "cpu", warmup: int = 2,
@@ -171,7 +172,7 @@ def compare_latency(fns: Mapping[str, Callable[[], Any]], device: str | torch.de
         fns: name -> work; all are warmed up first, then repeat r times every candidate once.
         device, warmup, repeats, scope, mode: as for `measure_latency`.
     """
-    _check_protocol(warmup, repeats)
+    check_protocol(warmup, repeats)
     if scope not in SCOPES or mode not in MODES:
         raise ValueError(f"scope={scope!r}, mode={mode!r}; accepted scopes: {', '.join(SCOPES)}; modes: {', '.join(MODES)}")
     for fn in fns.values():
