@@ -143,7 +143,7 @@ class SamplingLoop:
         if self.use_cfg:
             x = torch.cat([x, x])
             y = torch.cat([y, torch.full_like(y, self.model.spec.num_classes)])
-        self.policy.start(self.run_info(len(x)))
+        self.policy.start(run_info(self.model, self.diffusion, len(x), self.use_cfg, self.device))
         for index in reversed(range(self.diffusion.num_timesteps)):
             t = torch.full((len(x),), self.diffusion.timestep_map[index], device=self.device)
             self.policy.begin_step(index)
@@ -153,13 +153,6 @@ class SamplingLoop:
         log = unpad_log(self.policy.finish(), n, padded)
         return x[:n].float().cpu(), log
 
-    def run_info(self, batch: int) -> RunInfo:
-        model = self.model
-        return RunInfo(
-            num_steps=self.diffusion.num_timesteps, timesteps=tuple(self.diffusion.timestep_map), batch=batch,
-            cfg=self.use_cfg, depth=model.depth, num_tokens=model.num_tokens,
-            hidden_size=model.config.hidden_size, device=self.device,
-        )
 
     def model_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -183,6 +176,14 @@ class SamplingLoop:
         rows += [rows[-1]] * (padded - len(rows))
         noise = torch.stack(rows).to(x.device)
         return torch.cat([noise, noise]) if self.use_cfg else noise
+
+
+def run_info(model: nn.Module, diffusion: Diffusion, batch: int, cfg: bool, device: torch.device) -> RunInfo:
+    """What a policy is told about a sampling call of `batch` model rows (CFG halves included)."""
+    return RunInfo(
+        num_steps=diffusion.num_timesteps, timesteps=tuple(diffusion.timestep_map), batch=batch, cfg=cfg,
+        depth=model.depth, num_tokens=model.num_tokens, hidden_size=model.config.hidden_size, device=device,
+    )
 
 
 def unpad_log(log: DecisionLog, n: int, padded: int) -> DecisionLog:

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from harness.diffusion import Diffusion
-from harness.methods import COMPUTE_ALL, Policy, RunInfo
+from harness.methods import COMPUTE_ALL, Policy
+from harness.sampling import run_info
 from lazydit.layers import DEFAULT_THRESHOLD, LazyLayers
 
 OFFICIAL, ALL_STEPS = "lazydit", "lazydit-allsteps"  # the method name each recipe's weights serve
@@ -110,11 +111,6 @@ def frozen(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def run_info_for(model: nn.Module, diffusion: Diffusion, batch: int, device: torch.device) -> RunInfo:
-    return RunInfo(diffusion.num_timesteps, tuple(diffusion.timestep_map), batch, False, model.depth,
-                   model.num_tokens, model.config.hidden_size, device)
-
-
 def lazy_learning_loss(model: nn.Module, diffusion: Diffusion, layers: LazyLayers, x0: torch.Tensor, y: torch.Tensor,
                        index: int, rho_attn: float, rho_mlp: float, noise: torch.Tensor,
                        threshold: float = DEFAULT_THRESHOLD) -> dict[str, torch.Tensor]:
@@ -133,16 +129,17 @@ def lazy_learning_loss(model: nn.Module, diffusion: Diffusion, layers: LazyLayer
     if not 1 <= index < diffusion.num_timesteps:
         raise ValueError(f"step index {index} cannot train lazy layers; accepted: 1..{diffusion.num_timesteps - 1}")
     n = len(x0)
+    run = run_info(model, diffusion, n, cfg=False, device=x0.device)
     fill = CacheFillPolicy()
     with torch.no_grad():
         x_t = diffusion.q_sample(x0, torch.full((n,), index, device=x0.device), noise)
         t = torch.full((n,), diffusion.timestep_map[index], device=x0.device)
-        fill.start(run_info_for(model, diffusion, n, x0.device))
+        fill.start(run)
         x_prev = diffusion.ddim_step(model(x_t, t, y, fill), x_t, index)
         t_prev = torch.full((n,), diffusion.timestep_map[index - 1], device=x0.device)
         target = model(x_prev, t_prev, y, COMPUTE_ALL)
     lazy = SoftLazyPolicy(layers, index - 1, fill.cache)
-    lazy.start(run_info_for(model, diffusion, n, x0.device))
+    lazy.start(run)
     pred = model(x_prev, t_prev, y, lazy)
     mse = ((target - pred) ** 2).mean(dim=tuple(range(1, pred.dim()))).mean()
     attn, mlp = lazy.score_sums(0), lazy.score_sums(1)  # (N,)
