@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from harness import build_model, load_model, sample
-from harness.cost.latency import compare_latency, pin_cpu_allocator, speedups
+from harness.cost.latency import compare_latency, compiled, pin_cpu_allocator, speedups
 from harness.cost.macs import MACS_ALL, MACS_ALL_FULL, cost_table, macs_from_log
 from harness.methods import Policy
 from lazydit.accounting import laziness
@@ -131,8 +131,7 @@ def time_mode(model: nn.Module, runs: dict, common: dict[str, Any], args: argpar
     net = model
     if mode == "compile":
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        net = torch.compile(model, mode=args.compile_mode)
-        net.spec = model.spec
+        net = compiled(model, mode=args.compile_mode)
     cpu_s: dict[str, list[float]] = {label: [] for label in runs}
 
     def timed(label: str, steps: int, make: Callable) -> Callable[[], Any]:
