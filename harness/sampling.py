@@ -143,7 +143,7 @@ class SamplingLoop:
         if self.use_cfg:
             x = torch.cat([x, x])
             y = torch.cat([y, torch.full_like(y, self.model.spec.num_classes)])
-        self.policy.start(run_info(self.model, self.diffusion, len(x), self.use_cfg, self.device))
+        self.policy.start(run_info(self.model, self.diffusion, len(x), self.use_cfg, self.device, real=n))
         for index in reversed(range(self.diffusion.num_timesteps)):
             t = torch.full((len(x),), self.diffusion.timestep_map[index], device=self.device)
             self.policy.begin_step(index)
@@ -178,11 +178,14 @@ class SamplingLoop:
         return torch.cat([noise, noise]) if self.use_cfg else noise
 
 
-def run_info(model: nn.Module, diffusion: Diffusion, batch: int, cfg: bool, device: torch.device) -> RunInfo:
-    """What a policy is told about a sampling call of `batch` model rows (CFG halves included)."""
+def run_info(model: nn.Module, diffusion: Diffusion, batch: int, cfg: bool, device: torch.device,
+             real: int | None = None) -> RunInfo:
+    """What a policy is told about a sampling call of `batch` model rows (CFG halves included), of which
+    `real` images per CFG half are not padding (default: all)."""
     return RunInfo(
         num_steps=diffusion.num_timesteps, timesteps=tuple(diffusion.timestep_map), batch=batch, cfg=cfg,
         depth=model.depth, num_tokens=model.num_tokens, hidden_size=model.config.hidden_size, device=device,
+        real=real,
     )
 
 
@@ -190,8 +193,5 @@ def unpad_log(log: DecisionLog, n: int, padded: int) -> DecisionLog:
     """Drops the rows of padding samples from a decision log."""
     if padded == n:
         return log
-    if log.cfg:
-        keep = torch.cat([torch.arange(n), torch.arange(padded, padded + n)]).to(log.branch.device)
-    else:
-        keep = torch.arange(n, device=log.branch.device)
-    return DecisionLog(log.branch[..., keep], log.block[..., keep], log.overhead_macs[..., keep], log.cfg)
+    keep = torch.cat([torch.arange(n), torch.arange(padded, padded + n)]) if log.cfg else torch.arange(n)
+    return log.select(keep)

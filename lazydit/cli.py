@@ -5,6 +5,7 @@ import argparse
 import json
 
 from harness.commands import example_formatter
+from harness.commands.train import TRAINERS
 from lazydit.training import LazyTrainConfig
 
 TRAIN_EXAMPLES = """examples:
@@ -16,11 +17,6 @@ TRAIN_EXAMPLES = """examples:
 STATIC_EXAMPLES = """examples:
   python -m harness train lazydit-static --model embedded/digits-8 --weights lazy.pt --steps-budget 20 --out schedule.pt
   python -m harness train lazydit-static --model embedded/digits-8 --weights lazy.pt --steps-budget 20 --target-ratio 0.4 --out schedule.pt"""
-
-
-def add_parser(trainers: argparse._SubParsersAction) -> None:
-    add_train_parser(trainers)
-    add_static_parser(trainers)
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +32,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="file to write")
 
 
+@TRAINERS.register("lazydit")
 def add_train_parser(trainers: argparse._SubParsersAction) -> None:
     p = trainers.add_parser("lazydit", help="train LazyDiT lazy layers on a frozen DiT", epilog=TRAIN_EXAMPLES,
                             formatter_class=example_formatter)
@@ -55,6 +52,7 @@ def add_train_parser(trainers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
+@TRAINERS.register("lazydit-static")
 def add_static_parser(trainers: argparse._SubParsersAction) -> None:
     p = trainers.add_parser("lazydit-static", help="freeze LazyDiT decisions into a static schedule",
                             epilog=STATIC_EXAMPLES, formatter_class=example_formatter)

@@ -20,7 +20,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from harness.models.dit import BranchInput
+from harness.methods import BranchInput
 
 SOURCE = r"""
 #include <torch/extension.h>

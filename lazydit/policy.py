@@ -93,7 +93,7 @@ class LazyDiTPolicy(Policy):
         self.cache: list[list[torch.Tensor | None]] = []
         self.masks: dict[tuple[int, int], torch.Tensor] = {}  # this step's (block, kind) -> (N,) compute mask
         self.known: list = []  # [step][block][kind] -> True / False for zero layers, None where h decides
-        self.score_macs = 0.0  # MACs per sample of one score: tokens x hidden
+        self.score_macs = 0.0  # MACs per sample of one score: the branch input's modulation and the lazy map
 
     @classmethod
     def from_layers(cls, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD, execution: str = "gather",
@@ -128,7 +128,7 @@ class LazyDiTPolicy(Policy):
         zero = (weight == 0).all(dim=-1).tolist()  # [S][depth][2]
         self.known = [[[(0.5 >= self.threshold) if z else None for z in pair] for pair in step] for step in zero]
         self.cache = [[None, None] for _ in range(run.depth)]
-        self.score_macs = float(run.num_tokens * run.hidden_size)
+        self.score_macs = float(2 * run.num_tokens * run.hidden_size)  # both fused or eager: one multiply-add each
         if self.prediction is not None and len(self.prediction) != run.num_steps:
             raise ValueError(f"the speculation schedule has {len(self.prediction)} steps; this run has {run.num_steps}")
         self.reruns = 0

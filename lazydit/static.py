@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 
 from harness.cache import atomic_torch_save, load_torch_dict
-from harness.methods import METHODS, DecisionLog, Policy, RunInfo
+from baselines.caching import ScheduledBranchPolicy
+from harness.methods import METHODS, DecisionLog, RunInfo
 from lazydit.policy import PAPER
 
 SCHEDULE_KEY = "compute"  # bool (S, depth, 2): True = compute the branch at that step for every sample
@@ -94,7 +95,7 @@ def calibrate_schedule(model: nn.Module, weights: str, steps: int | str, class_l
 #################################################################################
 
 @METHODS.register("lazydit-static")
-class LazyDiTStaticPolicy(Policy):
+class LazyDiTStaticPolicy(ScheduledBranchPolicy):
     """LazyDiT with decisions frozen per step x block x branch: no scores, no host reads."""
 
     @dataclass(frozen=True)
@@ -112,37 +113,10 @@ class LazyDiTStaticPolicy(Policy):
             payload = read_schedule_file(self.config.schedule)
             compute, self.target_ratio = payload[SCHEDULE_KEY], payload.get("target_ratio")
         self.compute = compute.bool().cpu()
-        self.plan: list[tuple[tuple[bool, bool], ...]] = []  # plain Python bools: nothing to read back
-        self.current: tuple[tuple[bool, bool], ...] = ()  # this step's plan (compile guards on it, not on the step)
-        self.cache: list[list[torch.Tensor | None]] = []
 
     @classmethod
     def from_schedule(cls, compute: torch.Tensor) -> "LazyDiTStaticPolicy":
         return cls(cls.Config(schedule=""), compute=compute)
 
-    def start(self, run: RunInfo) -> None:
-        super().start(run)
-        want = (run.num_steps, run.depth, 2)
-        if tuple(self.compute.shape) != want:
-            raise ValueError(f"schedule of shape {tuple(self.compute.shape)} does not fit a run with (steps, depth, 2) = {want}")
-        plan = self.compute.clone()
-        plan[-1] = True  # the first step computes: nothing cached yet
-        self.plan = [tuple((bool(a), bool(m)) for a, m in step.tolist()) for step in plan]
-        self.log.branch.copy_(plan.to(self.log.branch)[..., None].expand_as(self.log.branch))
-        self.cache = [[None, None] for _ in range(run.depth)]
-
-    def begin_step(self, index: int) -> None:
-        super().begin_step(index)
-        self.current = self.plan[index]
-
-    def finish(self) -> DecisionLog:
-        self.cache = []
-        return super().finish()
-
-    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
-               make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if self.current[block][kind]:
-            out = fn(make_h())
-            self.cache[block][kind] = out
-            return out
-        return self.cache[block][kind]  # the branch input is never computed
+    def schedule(self, run: RunInfo) -> torch.Tensor:
+        return self.compute

@@ -12,7 +12,6 @@ The all-steps variant (method "lazydit-allsteps") draws t from every index 1..S-
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 from typing import Callable, ClassVar, Iterator
 
@@ -21,8 +20,7 @@ import torch
 import torch.nn as nn
 
 from harness.diffusion import Diffusion
-from harness.methods import COMPUTE_ALL, Policy
-from harness.sampling import run_info
+from harness.fill_blend import BlendPolicy, draw_index, drop_labels, fill_then_blend, frozen, output_mse
 from lazydit.layers import DEFAULT_THRESHOLD, LazyLayers
 
 OFFICIAL, ALL_STEPS = "lazydit", "lazydit-allsteps"  # the method name each recipe's weights serve
@@ -51,64 +49,24 @@ class LazyTrainConfig:
 
 
 #################################################################################
-#                       The training-time branch policies                       #
+#                                  The loss                                     #
 #################################################################################
 
-class CacheFillPolicy(Policy):
-    """Computes every branch and keeps its ungated output (the full DDIM step at index t)."""
-
-    name: ClassVar[str] = "lazydit-train-fill"
-
-    def __init__(self):
-        super().__init__()
-        self.cache: dict[tuple[int, int], torch.Tensor] = {}
-
-    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
-               make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
-        out = fn(make_h())
-        self.cache[(block, kind)] = out
-        return out
-
-
-class SoftLazyPolicy(Policy):
-    """Blends score * f(h) + (1 - score) * cache per sample, keeping the scores for the loss."""
+class SoftLazyPolicy(BlendPolicy):
+    """Blends score * f(h) + (1 - score) * cache per sample, the score from the lazy layer of `step`."""
 
     name: ClassVar[str] = "lazydit-train-blend"
 
     def __init__(self, layers: LazyLayers, step: int, cache: dict[tuple[int, int], torch.Tensor]):
-        super().__init__()
-        self.layers, self.step_index, self.cache = layers, step, cache
-        self.scores: dict[int, list[torch.Tensor]] = {0: [], 1: []}  # kind -> per-block (N,) scores
+        super().__init__(cache)
+        self.layers, self.step_index = layers, step
 
-    def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
-               make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
-        h = make_h()
-        score = self.layers.scores(h, self.step_index, block, kind)  # (N,)
-        self.scores[kind].append(score)
-        s = score.view(-1, 1, 1).to(h.dtype)
-        return fn(h) * s + self.cache[(block, kind)] * (1 - s)
+    def decision(self, h: torch.Tensor, block: int, kind: int) -> torch.Tensor:
+        return self.layers.scores(h, self.step_index, block, kind)  # (N,)
 
     def score_sums(self, kind: int) -> torch.Tensor:
         """(N,) sum over blocks of the scores of branch type `kind`."""
         return torch.stack(self.scores[kind]).sum(dim=0)
-
-
-#################################################################################
-#                                  The loss                                     #
-#################################################################################
-
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode with no parameter gradients; restores both afterwards."""
-    flags = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.eval().requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def lazy_learning_loss(model: nn.Module, diffusion: Diffusion, layers: LazyLayers, x0: torch.Tensor, y: torch.Tensor,
@@ -126,43 +84,15 @@ def lazy_learning_loss(model: nn.Module, diffusion: Diffusion, layers: LazyLayer
         noise: the q_sample noise, like x0.
         threshold: only for the reported hard lazy ratio.
     """
-    if not 1 <= index < diffusion.num_timesteps:
-        raise ValueError(f"step index {index} cannot train lazy layers; accepted: 1..{diffusion.num_timesteps - 1}")
-    n = len(x0)
-    run = run_info(model, diffusion, n, cfg=False, device=x0.device)
-    fill = CacheFillPolicy()
-    with torch.no_grad():
-        x_t = diffusion.q_sample(x0, torch.full((n,), index, device=x0.device), noise)
-        t = torch.full((n,), diffusion.timestep_map[index], device=x0.device)
-        fill.start(run)
-        x_prev = diffusion.ddim_step(model(x_t, t, y, fill), x_t, index)
-        t_prev = torch.full((n,), diffusion.timestep_map[index - 1], device=x0.device)
-        target = model(x_prev, t_prev, y, COMPUTE_ALL)
-    lazy = SoftLazyPolicy(layers, index - 1, fill.cache)
-    lazy.start(run)
-    pred = model(x_prev, t_prev, y, lazy)
-    mse = ((target - pred) ** 2).mean(dim=tuple(range(1, pred.dim()))).mean()
+    target, pred, lazy = fill_then_blend(model, diffusion, x0, y, index, noise,
+                                         lambda cache: SoftLazyPolicy(layers, index - 1, cache))
+    mse = output_mse(target, pred)
     attn, mlp = lazy.score_sums(0), lazy.score_sums(1)  # (N,)
     loss = mse + rho_attn * attn.mean() + rho_mlp * mlp.mean()
     with torch.no_grad():
         skipped = [(torch.stack(lazy.scores[k]) < threshold).float().mean() for k in (0, 1)]
     return {"loss": loss, "mse": mse.detach(), "attn_score": attn.mean().detach(), "mlp_score": mlp.mean().detach(),
             "attn_lazy": skipped[0], "mlp_lazy": skipped[1]}
-
-
-def draw_index(num_steps: int, all_steps: bool, rng: np.random.Generator) -> int:
-    """The batch's step index t: odd (official) or any of 1..S-1 (all-steps)."""
-    if num_steps < 2:
-        raise ValueError(f"lazy learning needs a step budget of at least 2; got {num_steps}")
-    if all_steps:
-        return int(rng.integers(1, num_steps))
-    return int(rng.integers(0, num_steps // 2)) * 2 + 1
-
-
-def drop_labels(y: torch.Tensor, num_classes: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Replaces each label by the null class with probability p (classifier-free guidance dropout)."""
-    drop = torch.rand(len(y), generator=generator) < p
-    return torch.where(drop.to(y.device), torch.full_like(y, num_classes), y)
 
 
 #################################################################################

@@ -11,7 +11,7 @@ from conftest import randomize
 from harness import build_model, sample
 from harness.diffusion import Diffusion, model_output_with_cfg
 from harness.methods import ATTN, MLP, Policy
-from harness.models.dit import modulate
+from harness.methods import modulate
 
 TINY = dict(image_size=64, depth=2, hidden_size=64, num_heads=4, multiple_of=16, num_classes=10)
 

@@ -93,10 +93,10 @@ def test_forced_weights_give_the_outputs_of_the_same_static_schedule():
     assert not torch.allclose(dynamic.latents, ddim.latents)  # the skips did change the result
 
 
-def test_score_overhead_counts_tokens_times_hidden_per_checked_branch():
+def test_score_overhead_counts_modulation_and_lazy_map_per_checked_branch():
     model = tiny_dit(shift=3.0)
     out = run(model, LazyDiTPolicy.from_layers(forcing_layers(half_lazy_pattern())))
-    per_step = 2 * DEPTH * model.num_tokens * HIDDEN
+    per_step = 2 * DEPTH * 2 * model.num_tokens * HIDDEN  # 2 branches x (modulate + score) per token and channel
     assert out.decisions.overhead_macs[:-1].eq(per_step).all()
     assert out.decisions.overhead_macs[-1].eq(0).all()  # the first step scores nothing
 

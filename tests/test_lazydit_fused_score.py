@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from harness import sample
-from harness.models.dit import BranchInput
+from harness.methods import BranchInput
 from harness.models.large_dit import RMSNorm
 from lazydit import fused_score
 from lazydit.fused_score import applies, layernorm_score_logits

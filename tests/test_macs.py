@@ -52,14 +52,14 @@ class SkipFixedBranches(Policy):
         self.score = torch.ones(1, run.hidden_size)
 
     def branch(self, block, kind, fn, make_h):
-        h = make_h()
-        if (block, kind) == (0, ATTN):  # a method overhead: one linear score per token
-            torch.nn.functional.linear(h, self.score)
-            self.log.overhead_macs[self.step] += h.shape[1] * h.shape[2]
         key = (block, kind)
         if key in self.SKIP and self.step % 2 == 0 and key in self.cache:
             self.log.branch[self.step, block, kind] = 0
-            return self.cache[key]
+            return self.cache[key]  # a reused branch never forms its input
+        h = make_h()
+        if key == (0, ATTN):  # a method overhead: one linear score per token
+            torch.nn.functional.linear(h, self.score)
+            self.log.overhead_macs[self.step] += h.shape[1] * h.shape[2]
         self.cache[key] = fn(h)
         return self.cache[key]
 

@@ -7,8 +7,10 @@ import shlex
 import sys
 
 from harness.commands import example_formatter
+from harness.commands.train import TRAINERS
 
 
+@TRAINERS.register("embedded")
 def add_parser(trainers: argparse._SubParsersAction) -> None:
     from harness.training import TrainConfig
 
@@ -33,7 +35,6 @@ def add_parser(trainers: argparse._SubParsersAction) -> None:
                         "(default: $HARNESS_CACHE_DIR or ~/.cache/lazydit-harness, then runs/<name>)")
     parser.add_argument("--install", action="store_true", help="afterwards write the fp16 EMA weights and manifest entry to harness/zoo")
     parser.set_defaults(func=run)
-    add_classifier_parser(trainers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@TRAINERS.register("digits-classifier")
 def add_classifier_parser(trainers: argparse._SubParsersAction) -> None:
     parser = trainers.add_parser(
         "digits-classifier", help="train the domain classifier behind domain FID (digits-cnn)",

@@ -1,8 +1,9 @@
 """MACs that see every skip: a per-branch cost table measured once, combined with the decision log.
 
 The table holds, per image and per forward pass, the MACs of the parts a method can skip:
-each block's attention and MLP branch, each block's own work (adaLN modulation), and the
-fixed rest (embedders, final layer). It is measured once per architecture with
+each block's attention and MLP branch (with its input's norm and modulation, which a
+reused branch skips too), each block's own work (the adaLN linear), and the fixed rest
+(embedders, final layer, charged on the steps the model ran at all). It is measured once per architecture with
 `torch.utils.flop_counter.FlopCounterMode` on the meta device (no memory, no compute) by
 driving the model through the policy hooks, so any family that honours the method
 contract is measured the same way. A run's MACs are then the log-weighted sum of the
@@ -32,10 +33,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from harness.cache import cached_json, content_hash
 from harness.diffusion import Diffusion
-from harness.methods import ATTN, MLP, DecisionLog, Policy, RunInfo
+from harness.methods import ATTN, MLP, BranchInput, DecisionLog, Policy, RunInfo
 
 aten = torch.ops.aten
-COST_TABLE_VERSION = 1
+COST_TABLE_VERSION = 2
 
 # Record keys.
 MACS_ALL = "macs_all_per_image"  # convention (a), whole run
@@ -141,8 +142,8 @@ class CostTable:
     key: str  # content hash of the architecture the table was measured on
     depth: int
     fixed: np.ndarray  # (2,) embedders + final layer: run whenever the model runs
-    block: np.ndarray  # (depth, 2) a block's own work (adaLN modulation), run when the block runs
-    branch: np.ndarray  # (depth, 2 branches, 2) attention, MLP
+    block: np.ndarray  # (depth, 2) a block's own work (the adaLN linear), run when the block runs
+    branch: np.ndarray  # (depth, 2 branches, 2) attention, MLP, each with its input's norm and modulation
 
     def per_forward(self) -> Macs:
         total = self.fixed + self.block.sum(0) + self.branch.sum((0, 1))
@@ -175,9 +176,8 @@ class _CostProbe(Policy):
         return x
 
     def branch(self, block: int, kind: int, fn, make_h) -> torch.Tensor:
-        h = make_h()  # the norm and modulation count towards the block, not the branch
         before = self.counter.total()
-        out = fn(h)
+        out = fn(make_h())  # the branch's norm and modulation count with it: a reused branch skips them too
         self.branches[block][kind] = self.counter.total() - before
         return out
 
@@ -243,11 +243,11 @@ def log_macs(table: CostTable, log: DecisionLog) -> np.ndarray:
     """Total MACs per model-batch sample (B, 2) over the whole run: [..., 0] = (a), [..., 1] = (b)."""
     branch = log.branch.detach().double().cpu().numpy()  # (S, depth, 2, B)
     block = log.block.detach().double().cpu().numpy()  # (S, depth, B)
+    forward = log.forward.detach().double().cpu().numpy()  # (S, B)
     overhead = log.overhead_macs.detach().double().cpu().numpy()  # (S, B)
     if branch.shape[1] != table.depth:
         raise ValueError(f"decision log has {branch.shape[1]} blocks; the cost table has {table.depth}")
-    steps = branch.shape[0]
-    per_sample = steps * table.fixed[None, :] + np.einsum("sdb,dc->bc", block, table.block)
+    per_sample = forward.sum(0)[:, None] * table.fixed[None, :] + np.einsum("sdb,dc->bc", block, table.block)
     per_sample += np.einsum("sdkb,dkc->bc", branch, table.branch)
     return per_sample + overhead.sum(0)[:, None]
 
@@ -301,6 +301,9 @@ class _StandInStack:
     def __init__(self, depth: int):
         self.depth = depth
 
+    def branch_input(self, index: int, kind: int, x: torch.Tensor, c: torch.Tensor) -> BranchInput:
+        return BranchInput(x, torch.clone, c, c)
+
     def run_block(self, index: int, x: torch.Tensor, c: torch.Tensor, policy: Policy) -> torch.Tensor:
         policy.branch(index, ATTN, torch.clone, lambda: x)
         policy.branch(index, MLP, torch.clone, lambda: x)
@@ -328,10 +331,12 @@ def dry_run_decisions(policy: Policy, model: nn.Module, steps: int | str, images
     stack = _StandInStack(model.depth)
     x = torch.zeros(batch, model.num_tokens, hidden)
     c = torch.zeros(batch, hidden)
+    t = torch.zeros(batch)
+    y = torch.zeros(batch, dtype=torch.long)
     policy.start(run)
     with torch.no_grad():
         for index in reversed(range(diffusion.num_timesteps)):
             policy.begin_step(index)
-            policy.run_blocks(stack, x, c)
+            policy.forward(stack, x, t, y, lambda: policy.run_blocks(stack, x, c))
             policy.end_step()
     return policy.finish()

@@ -15,27 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.methods import ATTN, MLP, COMPUTE_ALL, Policy
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
-class BranchInput:
-    """A branch input h = modulate(norm(x), shift, scale), computed when called.
-
-    The model hands this to `policy.branch` instead of h: a reused branch never computes
-    it, and a method may read its parts (e.g. to score the branch in one fused pass).
-    """
-
-    __slots__ = ("x", "norm", "shift", "scale")
-
-    def __init__(self, x: torch.Tensor, norm: nn.Module, shift: torch.Tensor, scale: torch.Tensor):
-        self.x, self.norm, self.shift, self.scale = x, norm, shift, scale
-
-    def __call__(self) -> torch.Tensor:
-        return modulate(self.norm(self.x), self.shift, self.scale)
+from harness.methods import ATTN, MLP, COMPUTE_ALL, BranchInput, Policy, modulate
 
 
 #################################################################################
@@ -152,6 +132,11 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
+    def branch_input(self, kind: int, x: torch.Tensor, c: torch.Tensor) -> BranchInput:
+        """Branch `kind`'s input for residual stream x, uncomputed (its modulation is computed here)."""
+        shift, scale = self.adaLN_modulation(c).chunk(6, dim=1)[3 * kind: 3 * kind + 2]
+        return BranchInput(x, self.norm1 if kind == ATTN else self.norm2, shift, scale)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor, policy: Policy, index: int) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, self.attn, BranchInput(x, self.norm1, shift_msa, scale_msa))
@@ -264,8 +249,15 @@ class DiT(nn.Module):
     def run_block(self, index: int, x: torch.Tensor, c: torch.Tensor, policy: Policy) -> torch.Tensor:
         return self.blocks[index](x, c, policy, index)
 
+    def branch_input(self, index: int, kind: int, x: torch.Tensor, c: torch.Tensor) -> BranchInput:
+        return self.blocks[index].branch_input(kind, x, c)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, policy: Policy = COMPUTE_ALL) -> torch.Tensor:
         """x: (N, C, H, W) inputs, t: (N,) diffusion timesteps, y: (N,) class labels."""
+        return policy.forward(self, x, t, y, lambda: self.compute(x, t, y, policy))
+
+    def compute(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, policy: Policy) -> torch.Tensor:
+        """The forward pass itself, the block stack run through the policy."""
         x, c = self.embed(x, t, y)
         x = policy.run_blocks(self, x, c)  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, p * p * out_channels)

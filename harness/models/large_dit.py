@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.methods import ATTN, MLP, COMPUTE_ALL, Policy
+from harness.methods import ATTN, MLP, COMPUTE_ALL, BranchInput, Policy
 from harness.models import MODELS, ModelSpec
-from harness.models.dit import BranchInput, FinalLayer, LabelEmbedder, TimestepEmbedder
+from harness.models.dit import FinalLayer, LabelEmbedder, TimestepEmbedder
 
 VAE_DOWNSAMPLE = 8
 DEFAULT_VAE = "sd-vae-ft-ema"  # Large-DiT's sample.py and LazyDiT's sampling scripts
@@ -133,6 +133,11 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(dim, eps=config.norm_eps)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(min(dim, MAX_ADALN), 6 * dim, bias=True))
 
+    def branch_input(self, kind: int, x: torch.Tensor, c: torch.Tensor) -> BranchInput:
+        """Branch `kind`'s input for residual stream x, uncomputed (its modulation is computed here)."""
+        shift, scale = self.adaLN_modulation(c).chunk(6, dim=1)[3 * kind: 3 * kind + 2]
+        return BranchInput(x, self.attention_norm if kind == ATTN else self.ffn_norm, shift, scale)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 policy: Policy, index: int) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
@@ -238,8 +243,15 @@ class LargeDiT(nn.Module):
     def run_block(self, index: int, x: torch.Tensor, c: torch.Tensor, policy: Policy) -> torch.Tensor:
         return self.layers[index](x, c, self.rope(x.shape[1], x.device), policy, index)
 
+    def branch_input(self, index: int, kind: int, x: torch.Tensor, c: torch.Tensor) -> BranchInput:
+        return self.layers[index].branch_input(kind, x, c)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, policy: Policy = COMPUTE_ALL) -> torch.Tensor:
         """x: (N, C, H, W) latents, t: (N,) diffusion timesteps, y: (N,) class labels."""
+        return policy.forward(self, x, t, y, lambda: self.compute(x, t, y, policy))
+
+    def compute(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, policy: Policy) -> torch.Tensor:
+        """The forward pass itself, the block stack run through the policy."""
         x, c = self.embed(x, t, y)
         x = policy.run_blocks(self, x, c)  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, p * p * out_channels)
