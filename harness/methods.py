@@ -240,6 +240,9 @@ class Policy:
         self.run = run
         self.log = DecisionLog.all_computed(run)
         self.step = -1
+        # Device-to-host reads made to decide (each a synchronisation on CUDA); a data-dependent
+        # method makes at most one per step and counts it here. Recorded per run.
+        self.host_syncs = 0
 
     def begin_step(self, index: int) -> None:
         self.step = index
