@@ -163,6 +163,7 @@ class LazyDiTPolicy(Policy):
             out = super().run_blocks(model, x, c)
         finally:
             self.speculating = False
+        self.host_syncs += bool(self.checks)
         if not self.checks or bool(torch.stack(self.checks).all()):  # the step's one host read
             return out
         self.reruns += 1
@@ -201,6 +202,7 @@ class LazyDiTPolicy(Policy):
         elif self.config.execution == "where":
             out = torch.where(compute.view(-1, 1, 1), fn(make_h() if h is None else h), cached)
         else:
+            self.host_syncs += 1  # the gather reads the decision back
             out = self._gather(compute, fn, make_h if h is None else lambda: h, cached)
         self.cache[block][kind] = out
         return out
