@@ -2,12 +2,20 @@
 
 Each command lives in `harness/commands/<name>.py` and exposes `add_parser(subparsers)`,
 which builds its parser and sets `func`. Machine output goes to stdout, progress to stderr.
+Bad input (an unknown name, a bad value, a missing, unreadable, unsafe or unwritable file)
+ends with one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import shlex
 import sys
+from typing import Iterator
+
+from harness.cache import ALLOW_PICKLE_ENV
 
 COMMAND_MODULES = (
     "harness.commands.run",
@@ -18,6 +26,8 @@ COMMAND_MODULES = (
     "harness.commands.macs",
     "harness.commands.info",
 )
+ALLOW_PICKLE_HELP = (f"load third-party .pt files that need full unpickling (it can run code in them: trusted files "
+                     f"only); same as {ALLOW_PICKLE_ENV}=1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +39,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)
+    for leaf in _leaf_parsers(parser):
+        leaf.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _leaf_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parsers that run a command (those without sub-commands of their own)."""
+    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not groups:
+        yield parser
+    for group in groups:
+        for child in dict.fromkeys(group.choices.values()):  # aliases map to the same parser
+            yield from _leaf_parsers(child)
+
+
+@contextlib.contextmanager
+def _allow_pickle(enabled: bool) -> Iterator[None]:
+    """Sets $HARNESS_ALLOW_PICKLE=1 for the command when --allow-pickle is given, and restores it after."""
+    previous = os.environ.get(ALLOW_PICKLE_ENV)
+    if enabled:
+        os.environ[ALLOW_PICKLE_ENV] = "1"
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, LookupError, FileNotFoundError, PermissionError) as err:
+        yield
+    finally:
+        if enabled and previous is None:
+            os.environ.pop(ALLOW_PICKLE_ENV, None)
+        elif enabled:
+            os.environ[ALLOW_PICKLE_ENV] = previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "harness", *argv])
+    try:
+        with _allow_pickle(args.allow_pickle):
+            return int(args.func(args) or 0)
+    except (ValueError, LookupError, OSError) as err:  # OSError: missing, unreadable or unwritable paths
         print(f"harness {args.command}: error: {err}", file=sys.stderr)
         return 2
 

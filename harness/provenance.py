@@ -1,8 +1,9 @@
 """Provenance of a record: what software, hardware, settings and files produced a number.
 
 Every record carries `collect_provenance(...)`: package versions, device name, driver /
-CUDA, thread count, TF32 flags, git commit, the config hash and the sha256 of the files
-the number depends on (checkpoint, reference statistics, feature-extractor weights).
+CUDA, thread count, TF32 flags, git commit (dirty only through changes outside the results
+folders, with a hash of those changes), the config hash and the sha256 of the files the
+number depends on (checkpoint, reference statistics, feature-extractor weights).
 """
 from __future__ import annotations
 
@@ -76,17 +77,63 @@ def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | No
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def git_commit(root: str = str(REPO_ROOT)) -> str | None:
-    """HEAD's commit, with "-dirty" when tracked files differ from it; None outside a checkout."""
+RESULTS_FOLDERS = ("results",)  # written by the harness itself: never what makes a checkout "dirty"
+
+
+@functools.lru_cache(maxsize=8)
+def git_state(root: str = str(REPO_ROOT), exclude: tuple[str, ...] = RESULTS_FOLDERS) -> dict[str, str | None]:
+    """HEAD's commit ("-dirty" when tracked or new files differ, `exclude` folders aside) and, when dirty,
+    the sha256 of the difference (the diff against HEAD and the new files' names and bytes); None outside a checkout.
+
+    Args:
+        root: the checkout.
+        exclude: folders (relative to root) left out, e.g. the results folders a run writes.
+    """
+    specs = ["--", ".", *(f":(exclude){folder}" for folder in exclude)]
     try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode:
-            return None
-        dirty = subprocess.run(["git", "-C", root, "diff", "--quiet", "HEAD"], capture_output=True, timeout=30)
-        return head.stdout.strip() + ("-dirty" if dirty.returncode else "")
+        head = _git(root, "rev-parse", "HEAD")
+        diff = _git(root, "diff", "--binary", "HEAD", *specs, text=False)
+        new = _git(root, "ls-files", "--others", "--exclude-standard", "-z", *specs, text=False)
     except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_diff_sha256": None}
+    if head is None:
+        return {"git_commit": None, "git_diff_sha256": None}
+    if not diff and not new:
+        return {"git_commit": head, "git_diff_sha256": None}
+    digest = hashlib.sha256(diff or b"")
+    for name in sorted(filter(None, (new or b"").split(b"\0"))):
+        file = Path(root) / name.decode()
+        digest.update(name + b"\0" + (sha256_file(file).encode() if file.is_file() else b""))
+    return {"git_commit": head + "-dirty", "git_diff_sha256": digest.hexdigest()}
+
+
+def _git(root: str, *args: str, text: bool = True) -> str | bytes | None:
+    out = subprocess.run(["git", "-C", root, *args], capture_output=True, timeout=60)
+    if out.returncode:
         return None
+    return out.stdout.decode().strip() if text else out.stdout
+
+
+def results_exclusions(results_dir: str | os.PathLike | None, root: str | os.PathLike = REPO_ROOT) -> tuple[str, ...]:
+    """`RESULTS_FOLDERS` plus `results_dir` when it lies inside the checkout `root`."""
+    if results_dir is None:
+        return RESULTS_FOLDERS
+    try:
+        inside = Path(results_dir).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return RESULTS_FOLDERS
+    return tuple(sorted({*RESULTS_FOLDERS, inside})) if inside != "." else RESULTS_FOLDERS
+
+
+def code_fingerprint(modules: tuple[str, ...]) -> str:
+    """sha256 (16 hex digits) over the source files of `modules`: a cache key that follows code changes."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in modules:
+        source = getattr(importlib.import_module(name), "__file__", None)
+        digest.update(name.encode() + b"\0" + (sha256_file(source).encode() if source else b""))
+    return digest.hexdigest()[:16]
 
 
 def device_info(device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -136,7 +183,7 @@ def config_hash(config: Any) -> str:
 
 
 def collect_provenance(config: Any = None, files: Mapping[str, str | os.PathLike | None] | None = None,
-                       device: str | torch.device = "cpu") -> dict[str, Any]:
+                       device: str | torch.device = "cpu", exclude: tuple[str, ...] = RESULTS_FOLDERS) -> dict[str, Any]:
     """Everything a reviewer needs to trust and reproduce one record.
 
     Args:
@@ -144,10 +191,11 @@ def collect_provenance(config: Any = None, files: Mapping[str, str | os.PathLike
         files: files by role, e.g. {"checkpoint": ..., "reference": ..., "inception_weights": ...};
             each is hashed (sha256), missing ones are recorded as None.
         device: the device the numbers were measured on.
+        exclude: checkout folders whose changes do not make the git state dirty (results).
     """
     return {
         "packages": package_versions(),
-        "git_commit": git_commit(),
+        **git_state(exclude=exclude),
         "config_hash": config_hash(config) if config is not None else None,
         "files_sha256": file_hashes(files or {}),
         **device_info(device),

@@ -17,6 +17,7 @@ import fnmatch
 import hashlib
 import os
 import re
+import shlex
 import sys
 import time
 import traceback
@@ -29,6 +30,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from harness.cell_files import check_cells, input_files, inputs_changed, relative_args, resolve_args, resolve_path
 from harness.methods import DecisionLog, Policy, create_policy
 from harness.models import build_model, load_model
 from harness.registry import Registry
@@ -79,7 +81,7 @@ def default_evaluator(cell: Cell) -> str | None:
 
 
 def fidelity_metrics(out: SampleOutput, model: nn.Module, cell: Cell, same_run: SampleOutput | None) -> dict[str, Any]:
-    """PSNR / SSIM of the images and MSE of the latents against full-compute DDIM (same seeds, labels, steps).
+    """PSNR / SSIM of the images and MSE of the latents against full compute (same seeds, labels, steps, sampler, eta).
 
     The reference is this run's DDIM cell with the same seeds and steps when there is one, else
     `full_compute_reference`, sampled once and cached by content hash.
@@ -91,7 +93,8 @@ def fidelity_metrics(out: SampleOutput, model: nn.Module, cell: Cell, same_run: 
     else:
         reference = full_compute_reference(model, cell.class_labels(model.spec.num_classes), cell.image_seeds(),
                                            cell.steps, cell.cfg_scale, decode=out.images is not None,
-                                           device=cell.device, dtype=getattr(torch, cell.dtype), batch_size=cell.batch_size)
+                                           device=cell.device, dtype=getattr(torch, cell.dtype), batch_size=cell.batch_size,
+                                           sampler=cell.sampler, eta=cell.eta)
     return compute_fidelity_metrics(out.images, out.latents, reference)
 
 
@@ -100,6 +103,15 @@ def macs_metrics(model: nn.Module, decisions: DecisionLog) -> dict[str, float]:
     from harness.cost import cost_table, macs_from_log
 
     return macs_from_log(cost_table(model), decisions)
+
+
+def timed_run_metrics(model: nn.Module, decisions: DecisionLog) -> dict[str, Any]:
+    """What the timed run itself computed: its MACs, skip ratio and MACs-implied speedup over full compute (a)."""
+    from harness.cost.macs import MACS_ALL, MACS_ALL_FULL, SKIP_RATIO
+
+    macs = macs_metrics(model, decisions)
+    return {"timed_macs": macs, "timed_skip_ratio": macs[SKIP_RATIO],
+            "macs_implied_speedup": macs[MACS_ALL_FULL] / macs[MACS_ALL]}
 
 
 def latency_metrics(run_method: Callable[[], Any], run_ddim: Callable[[], Any] | None, cell: Cell) -> dict[str, Any]:
@@ -127,46 +139,13 @@ def memory_metrics(device: str) -> Iterator[dict[str, Any]]:
     out.update(peak.to_dict())
 
 
-def input_files(cell: Cell, base_dir: Path | None, model: nn.Module | None = None) -> dict[str, str | None]:
-    """role -> path of the files a cell's numbers depend on beyond its config (weights, reference, method files)."""
-    checkpoint = getattr(model, "checkpoint_path", None) if model is not None else locate_checkpoint(cell, base_dir)
-    args = resolve_args(cell.method_args, base_dir)
-    return {"checkpoint": checkpoint,
-            "reference": resolve_path(cell.reference, base_dir) if cell.reference else None,
-            **{f"method_{k}": v for k, v in args.items() if isinstance(v, str) and v and Path(v).is_file()}}
+def provenance(cell: Cell, model: nn.Module, ctx: "RunContext") -> dict[str, Any]:
+    """Versions, device, threads, TF32, git state, the command, the suite file's and the cell's hashes, its files' sha256."""
+    from harness.provenance import collect_provenance, results_exclusions
 
-
-def locate_checkpoint(cell: Cell, base_dir: Path | None) -> str | None:
-    """The weights file a cell will load, without loading it (None: random init or not found)."""
-    from harness.models import zoo
-    from harness.models.checkpoints import resolve_checkpoint
-
-    if cell.random_init:
-        return None
-    try:
-        if cell.checkpoint:
-            return str(resolve_checkpoint(cell.model, resolve_path(cell.checkpoint, base_dir), cell.resolution))
-        entry = zoo.shipped_models().get(zoo.canonical_name(cell.model)) if zoo.is_embedded(cell.model) else None
-        return str(zoo.ZOO_DIR / entry["file"]) if entry else None
-    except (FileNotFoundError, ValueError):
-        return None  # the run itself will say what is missing
-
-
-def inputs_changed(cell: Cell, record: dict[str, Any], base_dir: Path | None) -> list[str]:
-    """Roles whose file differs from the one the record was measured with (a stale record to re-run)."""
-    from harness.provenance import file_hashes
-
-    recorded = record.get("provenance", {}).get("files_sha256", {})
-    now = file_hashes(input_files(cell, base_dir))
-    return sorted(role for role, sha in now.items() if recorded.get(role) != sha)
-
-
-def provenance(cell: Cell, model: nn.Module, base_dir: Path | None) -> dict[str, Any]:
-    """Versions, device, threads, TF32, git commit, the cell's config hash and the sha256 of its files."""
-    from harness.provenance import collect_provenance
-
-    out = collect_provenance(files=input_files(cell, base_dir, model), device=cell.device)
-    out["config_hash"] = cell.config_hash()
+    out = collect_provenance(files=input_files(cell, ctx.base_dir, model), device=cell.device,
+                             exclude=results_exclusions(ctx.results_dir))
+    out.update(config_hash=cell.config_hash(), command=ctx.command, suite_sha256=ctx.suite_sha256)
     out.update(evaluator_provenance(cell, model))
     return out
 
@@ -195,28 +174,18 @@ def load_cell_model(cell: Cell, base_dir: Path | None) -> nn.Module:
     return model.eval()
 
 
-def resolve_args(args: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
-    """Method arguments with relative file paths (e.g. lazy weights) looked up next to the suite file first."""
-    return {k: resolve_path(v, base_dir) if isinstance(v, str) and v else v for k, v in args.items()}
-
-
-def resolve_path(path: str, base_dir: Path | None) -> str:
-    """A relative path is looked up next to the suite file first, then as given."""
-    candidate = Path(path).expanduser()
-    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).exists():
-        return str(base_dir / candidate)
-    return str(candidate)
-
-
 # ----------------------------------------------------------------------------------------
 #                                       One cell
 # ----------------------------------------------------------------------------------------
 
 @dataclass
 class RunContext:
-    """What cells of one run share: loaded models and full-compute references."""
+    """What cells of one run share: where files and results are, the command, loaded models, references."""
 
-    base_dir: Path | None = None
+    base_dir: Path | None = None  # the suite file's folder: relative paths are looked up there first
+    results_dir: Path | None = None
+    command: str | None = None  # the command line that started the run
+    suite_sha256: str | None = None  # of the suite file
     models: dict[tuple, nn.Module] = field(default_factory=dict)
     references: dict[tuple, SampleOutput] = field(default_factory=dict)
 
@@ -230,15 +199,15 @@ class RunContext:
 
 def reference_key(cell: Cell) -> tuple:
     return (cell.model, cell.resolution, cell.checkpoint, cell.random_init, str(cell.steps), cell.seed,
-            cell.num_samples, cell.cfg_scale, cell.device, cell.dtype)
+            cell.num_samples, cell.cfg_scale, cell.sampler, cell.eta, cell.device, cell.dtype)
 
 
 def cell_sampling(model: nn.Module, cell: Cell, n: int | None = None, decode: bool = True) -> dict[str, Any]:
     """`sample`'s arguments, the method aside, for the cell's first `n` images (default all)."""
     n = cell.num_samples if n is None else n
     return dict(class_labels=cell.class_labels(model.spec.num_classes, n), seeds=cell.image_seeds(n), steps=cell.steps,
-                cfg_scale=cell.cfg_scale, device=cell.device, dtype=getattr(torch, cell.dtype), decode=decode,
-                batch_size=min(cell.batch_size, n))
+                cfg_scale=cell.cfg_scale, sampler=cell.sampler, eta=cell.eta, device=cell.device,
+                dtype=getattr(torch, cell.dtype), decode=decode, batch_size=min(cell.batch_size, n))
 
 
 def sample_cell(model: nn.Module, cell: Cell, method: str | Policy, args: dict[str, Any] | None = None,
@@ -252,7 +221,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
 
     Args:
         cell: the cell to run.
-        ctx: what the run's cells share (loaded models, DDIM references, the suite file's folder).
+        ctx: what the run's cells share (loaded models, DDIM references, the suite file's folder, the command).
     """
     started = dt.datetime.now(dt.timezone.utc)
     model = ctx.model(cell)
@@ -269,11 +238,13 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     return {
         "schema": RECORD_SCHEMA, "status": "ok", "suite": cell.suite, "cell_id": cell.cell_id(),
         "config_hash": cell.config_hash(), "variant_hash": cell.variant_hash(), "cell": cell.to_dict(),
-        "method_parameters": policy.parameters(), "model_info": model_info(model),
+        "method_parameters": relative_args(policy.parameters(), cell, ctx.base_dir), "model_info": model_info(model),
+        "method_info": {"name": policy.name, "paper": policy.paper,
+                        "batch_coupled": bool(getattr(policy, "batch_coupled", False))},
         "seeds": {"suite_seed": cell.seed, "count": cell.num_samples, "derivation": SEED_DERIVATION,
                   "first": cell.image_seeds(min(4, cell.num_samples)), "labels": "i mod num_classes",
                   "sha256": hashlib.sha256(str(cell.image_seeds()).encode()).hexdigest()},
-        "metrics": metrics, "provenance": provenance(cell, model, ctx.base_dir),
+        "metrics": metrics, "provenance": provenance(cell, model, ctx),
         "timestamps": {"started": started.isoformat(), "finished": finished.isoformat(),
                        "wall_s": (finished - started).total_seconds()},
     }
@@ -297,9 +268,11 @@ def measure(cell: Cell, ctx: RunContext, model: nn.Module, policy: Policy, out: 
         metrics["macs"] = macs_metrics(model, out.decisions)
     if cell.measures("latency"):
         kwargs = cell_sampling(model, cell, min(cell.latency.batch, cell.num_samples), cell.latency.decode)  # outside the timer
-        run_method = lambda: sample(model, method=policy, **kwargs)  # noqa: E731
+        timed: dict[str, SampleOutput] = {}
+        run_method = lambda: timed.update(out=sample(model, method=policy, **kwargs))  # noqa: E731
         run_ddim = None if is_reference else (lambda: sample(model, method=FULL_COMPUTE, **kwargs))
-        metrics["latency"] = latency_metrics(run_method, run_ddim, cell)
+        metrics["latency"] = {**latency_metrics(run_method, run_ddim, cell),
+                              **timed_run_metrics(model, timed["out"].decisions)}
     return metrics
 
 
@@ -346,8 +319,12 @@ def select_cells(cells: list[Cell], only: str | None) -> list[Cell]:
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, only: str | None = None, resume: bool = False,
-              progress: bool = True, base_dir: Path | None = None) -> RunSummary:
+              progress: bool = True, base_dir: Path | None = None, suite_file: Path | None = None,
+              command: str | None = None) -> RunSummary:
     """Runs the suite's (selected) cells, appending one record per finished cell.
+
+    Every file the cells to run will read is checked first (`check_cells`): a bad file stops
+    the run before any cell, not after others ran.
 
     Args:
         suite: the parsed suite.
@@ -356,25 +333,35 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, only: str | None = N
         resume: skip cells whose config hash already has a record measured with the same files
             (weights, reference, method files: a changed file makes the record stale).
         progress: show a tqdm bar on stderr.
-        base_dir: folder that relative checkpoint paths are looked up in first (the suite file's).
+        base_dir: folder that relative paths are looked up in first (default: the suite file's).
+        suite_file: the suite's file, hashed into each record.
+        command: the command line to record (default: this process's).
     """
+    from harness.provenance import sha256_file
+
+    base_dir = base_dir if base_dir is not None or suite_file is None else Path(suite_file).parent
     store = RecordStore.for_suite(results_dir, suite.name)
     cells = select_cells(suite.cells(), only)
     if not cells:
         raise ValueError(f"--only {only!r} selects none of the suite's {len(suite.cells())} cells")
     done = store.latest(store.read()) if resume else {}
     summary = RunSummary(records_path=store.path)
-    ctx = RunContext(base_dir=base_dir)
-    store._prepare()  # fail on an unwritable folder before any work
-    bar = tqdm(cells, desc=suite.name, unit="cell", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    for cell in bar:
+    todo = []
+    for cell in cells:
         record = done.get(cell.config_hash())
-        if record is not None:
-            changed = inputs_changed(cell, record, base_dir)
-            if not changed:
-                summary.skipped += 1
-                continue
-            tqdm.write(f"re-running {cell.cell_id()}: {', '.join(changed)} changed since its record", file=sys.stderr)
+        changed = inputs_changed(cell, record, base_dir) if record is not None else None
+        if changed == []:
+            summary.skipped += 1
+            continue
+        if changed:
+            print(f"re-running {cell.cell_id()}: {', '.join(changed)} changed since its record", file=sys.stderr)
+        todo.append(cell)
+    store._prepare()  # fail on an unwritable folder before any work
+    check_cells(todo, base_dir)
+    ctx = RunContext(base_dir=base_dir, results_dir=Path(results_dir), command=command or shlex.join(sys.argv),
+                     suite_sha256=sha256_file(suite_file) if suite_file is not None else None)
+    bar = tqdm(todo, desc=suite.name, unit="cell", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    for cell in bar:
         bar.set_postfix_str(cell.cell_id(), refresh=True)
         try:
             record = run_cell(cell, ctx)

@@ -172,8 +172,10 @@ class Suite:
     devices: tuple[str, ...] = ("cpu",)
     dtypes: tuple[str, ...] = ("float32",)
     batch_sizes: tuple[int, ...] = (64,)
+    samplers: tuple[str, ...] = ("ddim",)  # "ddim" and / or "ddpm"
+    etas: tuple[float, ...] = (0.0,)  # DDIM's eta (0: deterministic); DDPM cells take none (one cell, eta 0)
     num_samples: int = 256
-    cfg_scale: float = 1.5
+    cfg_scale: float = 1.5  # >= 1; 1 turns guidance off
     metrics: tuple[str, ...] = METRIC_GROUPS
     primary_metric: str = "fid"  # the quality column of matched-budget comparisons and Pareto plots
     paper_sources: tuple[str, ...] = ()  # rows of published_results.csv this suite reproduces
@@ -231,6 +233,26 @@ class Suite:
             check_protocol(self.latency.warmup, self.latency.repeats)
         except ValueError as err:
             raise SpecError(f"latency.{err}") from None
+        self._check_values()
+        for key in ("devices", "dtypes", "batch_sizes", "samplers", "etas", "metrics"):
+            _require(getattr(self, key), key, "at least one value")
+        cells = self.cells()
+        if not cells:
+            raise SpecError("the suite has no cells: give steps (suite-wide or per method)")
+        _check_unique(cells)
+
+    def _check_values(self) -> None:
+        """Guidance, seeds, samplers and etas: the values `harness.inputs` accepts, named by key."""
+        from harness.inputs import check_cfg_scale, check_sampler, check_seeds
+
+        try:
+            check_cfg_scale(self.cfg_scale, "cfg_scale")
+            check_seeds(self.seeds, "seeds")
+            for sampler in self.samplers:
+                for eta in self.etas:
+                    check_sampler(sampler, eta, "samplers / etas")
+        except ValueError as err:
+            raise SpecError(str(err)) from None
 
     # ---- expansion ------------------------------------------------------------------------
     def cells(self) -> list["Cell"]:
@@ -241,8 +263,8 @@ class Suite:
                 continue
             for resolution in model.resolutions or (None,):
                 for args, steps in itertools.product(_sweep(method), method.steps or self.steps):
-                    for device, dtype, batch, (i, seed) in itertools.product(self.devices, self.dtypes, self.batch_sizes,
-                                                                             enumerate(self.seeds)):
+                    for device, dtype, batch, (sampler, eta), (i, seed) in itertools.product(
+                            self.devices, self.dtypes, self.batch_sizes, self.sampler_settings(), enumerate(self.seeds)):
                         values = {"model": model.name, "model_slug": slug(model.name), "resolution": resolution,
                                   "steps": steps, "seed": seed}
                         cells.append(Cell(
@@ -254,9 +276,13 @@ class Suite:
                             method_args={k: fill(v, values) for k, v in args.items()},
                             device=device, dtype=dtype, batch_size=batch, num_samples=self.num_samples,
                             cfg_scale=self.cfg_scale, seed=seed, seed_index=i, metrics=self.metrics,
-                            latency=self.latency,
+                            latency=self.latency, sampler=sampler, eta=eta,
                         ))
         return cells
+
+    def sampler_settings(self) -> list[tuple[str, float]]:
+        """(sampler, eta) pairs: DDIM with each eta, DDPM once (eta does not apply to it)."""
+        return [(s, e) for s in self.samplers for e in (self.etas if s == "ddim" else (0.0,))]
 
 
 def _sweep(method: MethodEntry) -> list[dict[str, Any]]:
@@ -268,6 +294,15 @@ def _sweep(method: MethodEntry) -> list[dict[str, Any]]:
 def _require(values: tuple, key: str, what: str) -> None:
     if not values:
         raise SpecError(f"{key} is empty; give {what}")
+
+
+def _check_unique(cells: list["Cell"]) -> None:
+    """Repeated axis values (steps = [5, 5], a model listed twice) would run the same cell twice."""
+    seen: set[str] = set()
+    for cell in cells:
+        if cell.config_hash() in seen:
+            raise SpecError(f"cell {cell.cell_id()} appears twice; remove the repeated value from its axes")
+        seen.add(cell.config_hash())
 
 
 def _check_name(registry: Any, name: str, key: str) -> None:
@@ -324,6 +359,8 @@ class Cell:
     seed_index: int  # the seed set's position in the suite's seeds
     metrics: tuple[str, ...]
     latency: LatencyConfig
+    sampler: str = "ddim"
+    eta: float = 0.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Cell":
@@ -344,11 +381,16 @@ class Cell:
         return content_hash({"schema": SCHEMA_VERSION, **data})
 
     def cell_id(self) -> str:
-        """A readable, unique-within-a-suite name: model@res/method(args)/steps/device/dtype/bs/seed."""
+        """A readable, unique-within-a-suite name: model@res/method(args)/steps[/sampler]/device/dtype/bs/seed."""
         args = ",".join(f"{k}={v}" for k, v in sorted(self.method_args.items()))
         res = self.resolution if self.resolution is not None else "native"
-        return (f"{self.model}@{res}/{self.method}({args})/steps={self.steps}/{self.device}/{self.dtype}"
+        sampler = "" if (self.sampler, self.eta) == ("ddim", 0.0) else f"/{self.sampler_label()}"
+        return (f"{self.model}@{res}/{self.method}({args})/steps={self.steps}{sampler}/{self.device}/{self.dtype}"
                 f"/bs={self.batch_size}/seed={self.seed}")
+
+    def sampler_label(self) -> str:
+        """"ddim", "ddim(eta=0.5)" or "ddpm"."""
+        return f"ddim(eta={self.eta:g})" if self.sampler == "ddim" and self.eta else self.sampler
 
     def measures(self, group: str) -> bool:
         """Whether this cell measures metric group `group` (latency: only in the first latency.seed_sets)."""

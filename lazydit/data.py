@@ -43,6 +43,8 @@ def training_batches(model: nn.Module, source: str, batch_size: int, seed: int =
     want = tuple(model.spec.latent_shape)
     if tuple(x.shape[1:]) != want:
         raise ValueError(f"training data of shape {tuple(x.shape[1:])} does not fit {model.spec.name} (expects {want})")
+    if y.min() < 0 or y.max() >= model.spec.num_classes:
+        raise ValueError(f"training labels span {int(y.min())}..{int(y.max())}; {model.spec.name} accepts 0..{model.spec.num_classes - 1}")
     return _shuffled(x, y, batch_size, seed, device)
 
 
@@ -65,13 +67,30 @@ def _digits(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _latents_file(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"latents file {path!r} not found (a .pt or .npz with 'latents' and 'labels')")
-    data = dict(np.load(path)) if path.endswith(".npz") else torch.load(path, map_location="cpu", weights_only=False)
+    """The "latents" and "labels" of a .npz (no object arrays) or .pt (weights-only) file."""
+    from harness.cache import load_torch_dict
+
+    hint = "a .pt or .npz with 'latents' (N, C, H, W) and 'labels' (N,)"
+    if not path.endswith(".npz"):
+        data = load_torch_dict(path, "latents", "latents", hint)
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"latents file {path!r} not found; {hint}")
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = dict(npz)
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"latents file {path!r} is not a readable .npz ({err}); {hint}") from None
     missing = [k for k in ("latents", "labels") if k not in data]
     if missing:
-        raise ValueError(f"latents file {path!r} lacks {missing}; expected keys 'latents' (N, C, H, W) and 'labels' (N,)")
-    return torch.as_tensor(data["latents"]).float(), torch.as_tensor(data["labels"]).long()
+        raise ValueError(f"latents file {path!r} lacks {missing}; {hint}")
+    try:
+        x, y = torch.as_tensor(data["latents"]).float(), torch.as_tensor(data["labels"]).long()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"latents file {path!r}: 'latents' / 'labels' are not numeric arrays ({err})") from None
+    if x.dim() != 4 or y.shape != (len(x),) or not len(x):
+        raise ValueError(f"latents file {path!r} holds latents {tuple(x.shape)} and labels {tuple(y.shape)}; {hint}, N > 0")
+    return x, y
 
 
 def _random_batches(model: nn.Module, batch_size: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,11 +4,16 @@ Each job returns a plain summary dict (what the command prints as JSON).
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
+from pathlib import Path
 
 import torch.nn as nn
 
+from harness.diffusion import parse_steps
+from harness.inputs import (check_cfg_scale, check_identity, check_positive, check_ratio, check_writable,
+                            file_identity)
 from lazydit.accounting import realised_ratio, threshold_for_ratio
 from lazydit.data import training_batches
 from lazydit.layers import DEFAULT_THRESHOLD
@@ -56,6 +61,7 @@ def train_to_file(model_name: str, out: str, config: LazyTrainConfig, data: str,
         device: where training runs; vae_path: local VAE for imagefolder data.
         quiet: no progress on stderr.
     """
+    check_training(config, target_ratio, calib_images, cfg_scale, out)
     model = load_for_training(model_name, checkpoint, image_size, device)
     batches = training_batches(model, data, config.batch_size, config.seed, device, vae_path)
     start = time.perf_counter()
@@ -73,9 +79,27 @@ def train_to_file(model_name: str, out: str, config: LazyTrainConfig, data: str,
         "target_ratio": target_ratio, "achieved_ratio": achieved, "train_seconds": round(train_s, 1),
         "final_loss": _tail_mean(history, "loss"), "final_mse": _tail_mean(history, "mse"), "train": config.to_dict(),
     }
-    save_lazy_weights(layers, out, **{METHOD_KEY: config.method, "threshold": threshold, "target_ratio": target_ratio,
-                                      "achieved_ratio": achieved, "model_name": model_name, "train": config.to_dict()})
+    save_lazy_weights(layers, out, **file_identity(model, config.steps, config.method), threshold=threshold,
+                      target_ratio=target_ratio, achieved_ratio=achieved, train=config.to_dict())
     return summary
+
+
+def check_training(config: LazyTrainConfig, target_ratio: float | None, calib_images: int, cfg_scale: float,
+                   out: str) -> None:
+    """Every value of a training job, checked before the model is loaded (nothing trains on a bad value)."""
+    parse_steps(config.steps)
+    for name, value in (("--iters", config.iters), ("--batch-size", config.batch_size), ("--calib-images", calib_images)):
+        check_positive(value, name)
+    for name, value in (("--rho-attn", config.rho_attn), ("--rho-mlp", config.rho_mlp)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}={value!r} is out of range; accepted: a finite number >= 0")
+    if not math.isfinite(config.lr) or config.lr <= 0:
+        raise ValueError(f"--lr={config.lr!r} is out of range; accepted: a finite number > 0")
+    if not 0.0 <= config.label_dropout < 1.0:
+        raise ValueError(f"--label-dropout={config.label_dropout!r} is out of range; accepted: 0 <= p < 1")
+    check_ratio(target_ratio, "--target-ratio")
+    check_cfg_scale(cfg_scale, "--cfg-scale")
+    check_writable(out, "--out")
 
 
 def _tail_mean(history: list[dict[str, float]], key: str, tail: int = 20) -> float:
@@ -99,15 +123,22 @@ def calibrate_to_file(model_name: str, weights: str, out: str, steps: int, check
     """
     from lazydit.static import calibrate_schedule, save_schedule
 
+    parse_steps(steps)
+    check_positive(calib_images, "--calib-images")
+    check_ratio(target_ratio, "--target-ratio")
+    check_cfg_scale(cfg_scale, "--cfg-scale")
+    check_writable(out, "--out")
     payload = read_lazy_file(weights)
     layers_from_state(payload[WEIGHTS_KEY])  # fail early on a malformed file
     method = payload.get(METHOD_KEY, "lazydit")
     threshold = float(payload.get("threshold", DEFAULT_THRESHOLD)) if threshold is None else threshold
     model = load_for_training(model_name, checkpoint, image_size, device)
+    check_identity(payload, weights, "lazy-weights", model.spec.name, model.spec.image_size, steps)
     labels, seeds = calibration_set(model, calib_images)
     compute = calibrate_schedule(model, weights, steps, labels, seeds, cfg_scale, threshold, target_ratio, method, device)
     ratio = 1.0 - compute.float().mean().item()
-    save_schedule(compute, out, weights=weights, threshold=threshold, target_ratio=target_ratio, lazy_ratio=ratio,
-                  model_name=model_name, calibration={"images": calib_images, "cfg_scale": cfg_scale})
+    save_schedule(compute, out, **file_identity(model, steps, "lazydit-static"), source_method=method,
+                  weights=Path(weights).name, threshold=threshold, target_ratio=target_ratio, lazy_ratio=ratio,
+                  calibration={"images": calib_images, "cfg_scale": cfg_scale})
     return {"method": "lazydit-static", "schedule": out, "weights": weights, "threshold": threshold,
             "target_ratio": target_ratio, "achieved_ratio": ratio, "steps": int(compute.shape[0])}

@@ -1,8 +1,10 @@
 """The official lazy-weights file: {"model": {"block_{b}_{attn|mlp}_lazy_learning_weight_{i}": (1, hidden)}}.
 
 i is the respaced step index in ascending order (i = 0 is the last denoising step), b the
-block. Files written here add a few keys next to "model" ("method", "steps", "threshold",
-"train"); the official loader reads "model" only, and so does this one.
+block. Files written here add plain values next to "model": what they are for
+(`harness.inputs.file_identity`: "model_name", "image_size", "steps", "method"), the
+threshold and the training recipe; the official loader reads "model" only. Files are read
+with `harness.cache.load_torch_dict`: a pickled object in a stranger's file never runs.
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ def save_lazy_weights(layers: LazyLayers, path: str | os.PathLike, **extra: Any)
     Args:
         layers: the lazy layers to write.
         path: destination file (.pt).
-        extra: plain values stored next to "model" (e.g. method="lazydit", threshold=0.5).
+        extra: plain values stored next to "model": the file's identity (`harness.inputs.file_identity`),
+            threshold, recipe.
     """
     payload = {WEIGHTS_KEY: layers_to_state(layers), "steps": layers.num_steps, **extra}
     atomic_torch_save(payload, path)

@@ -205,5 +205,5 @@ def test_latent_models_need_a_checkpoint_path():
 
 def test_a_file_that_holds_no_state_dict_is_rejected(tmp_path):
     path = save([1, 2, 3], tmp_path / "list.pt")
-    with pytest.raises(ValueError, match="holds a list, not a state dict"):
+    with pytest.raises(ValueError, match="holds a list, not a dict"):
         load_model("DiT-S/2", path, **TINY_DIT)

@@ -146,11 +146,11 @@ def test_resume_skips_cells_recorded_with_the_same_config_hash(tmp_path):
 
 def test_resume_reruns_a_cell_whose_method_file_changed(tmp_path):
     weights = tmp_path / "w.pt"
-    weights.write_bytes(b"first")
+    torch.save({"version": 1}, weights)
     suite = tiny_suite(methods=[{"name": "test-with-file", "args": {"weights": str(weights)}}], steps=[2])
     run_suite(suite, tmp_path, progress=False)
     assert run_suite(suite, tmp_path, resume=True, progress=False).skipped == 1
-    weights.write_bytes(b"second")
+    torch.save({"version": 2}, weights)
     summary = run_suite(suite, tmp_path, resume=True, progress=False)
     assert (summary.ran, summary.skipped) == (1, 0)
 

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     start = time.perf_counter()
     summary = run_suite(suite, args.results_dir, only=args.only, resume=args.resume, progress=not args.quiet,
-                        base_dir=suite_path(args.suite).parent)
+                        suite_file=suite_path(args.suite), command=args.command_line)
     wall = time.perf_counter() - start
     print(f"{suite.name}: {summary.ran} cell(s) run, {summary.skipped} skipped, {len(summary.failed)} failed "
           f"in {wall:.1f} s; records: {summary.records_path}")

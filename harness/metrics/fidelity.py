@@ -3,7 +3,8 @@
 The protocol of the caching papers (FORA, Delta-DiT, ToCa, ...): the same seeds, labels, step
 count and guidance, once with every branch computed and once with the method; the gap
 measures what the method changed. The full-compute reference is sampled once per (model
-weights, resolution, steps, seeds, labels, cfg, sampler, dtype) and cached by content hash.
+weights, resolution, steps, seeds, labels, cfg, sampler, eta, dtype, the sampling code and
+the torch version) and cached by content hash.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ FIDELITY_REFERENCE_KEY = "fidelity_reference_key"
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004): Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 DATA_RANGE = 255.0
+# The code that computes a full-compute reference: a change to any of it makes a new cache entry.
+REFERENCE_CODE = ("harness.sampling", "harness.diffusion", "harness.methods", "harness.models.vae")
 
 
 # ----------------------------------------------------------------------------------------
@@ -117,10 +120,12 @@ def full_compute_reference(model: nn.Module, class_labels: Sequence[int], seeds:
         sample_kwargs: the rest of the method's `sample` call (device, dtype, sampler, eta, batch_size,
             guide_channels, vae_path); anything that changes numbers belongs in the key.
     """
+    from harness.provenance import code_fingerprint
     from harness.sampling import sample
 
     spec = model.spec
     key = content_hash({
+        "code": code_fingerprint((*REFERENCE_CODE, type(model).__module__)), "torch": torch.__version__,
         "model": model_key or weights_fingerprint(model), "name": spec.name, "image_size": spec.image_size,
         "steps": str(steps), "seeds": list(map(int, seeds)), "labels": list(map(int, class_labels)),
         "cfg_scale": float(cfg_scale), "decode": decode,

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from harness.cache import load_torch_dict
 from harness.models import MODELS, build_model
 
 CHECKPOINT_ENV = "HARNESS_CHECKPOINT_DIR"
@@ -49,16 +49,19 @@ def resolve_checkpoint(name: str, path: str | os.PathLike, image_size: int | Non
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The EMA weights of an official file: the state dict itself or one held under "ema" / "model"."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # training checkpoints pickle an argparse Namespace
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    """The EMA weights of an official file: the state dict itself or one held under "ema" / "model".
+
+    Read with `load_torch_dict` (no code runs; training checkpoints' argparse options are allowed).
+    """
+    obj = load_torch_dict(path, kind="checkpoint")
     for key in ("ema", "model", "state_dict"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            return obj[key]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    strays = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if strays or not obj:
+        raise ValueError(f"checkpoint {str(path)!r} is not a state dict: " +
+                         (f"{strays[0]!r} holds a {type(obj[strays[0]]).__name__}" if strays else "it is empty"))
     return obj
 
 
