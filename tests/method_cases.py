@@ -61,4 +61,10 @@ CASES: dict[str, MethodCase] = {
     "lazydit": lazydit("lazydit"),
     "lazydit-allsteps": lazydit("lazydit-allsteps"),
     "lazydit-static": MethodCase(full=lazydit_static(1.1), typical=lazydit_static(0.5), static=True),
+    "ab-cache": MethodCase(full=lambda m, tmp: create_policy("ab-cache", {"warmup": STEPS}),
+                           typical=lambda m, tmp: create_policy("ab-cache", {"order": 3, "warmup": 2, "interval": 4}),
+                           static=True),
+    "delta-dit": MethodCase(full=lambda m, tmp: create_policy("delta-dit", {"interval": 1}),
+                            typical=lambda m, tmp: create_policy("delta-dit", {"interval": 3, "cached_blocks": 2}),
+                            static=True),
 }
