@@ -27,10 +27,14 @@ from harness.tables import (MACS_ALL, MACS_LINEAR, SPEEDUP, aggregate, fmt, metr
 
 BASELINE_SCHEMA = 1
 MACS_COLUMNS = (MACS_ALL, MACS_LINEAR)
+# A baseline variant's entries: key -> (accepted types, what to call them in an error).
+VARIANT_SHAPE = {"label": (str, "string"), "quality": (dict, "object"), "quality_tolerance": (dict, "object"),
+                 "macs": (dict, "object"), "speedup": ((int, float, type(None)), "number or null")}
 
 
 def variant_label(row: pd.Series) -> str:
-    return f"{row['model']}@{row['resolution']} {row['method']}({row['params']}) steps={row['steps']} " \
+    sampler = "" if row.get("sampler", "ddim") == "ddim" else f" {row['sampler']}"
+    return f"{row['model']}@{row['resolution']} {row['method']}({row['params']}) steps={row['steps']}{sampler} " \
            f"{row['device']}/{row['dtype']}/bs={row['batch_size']}"
 
 
@@ -104,14 +108,41 @@ def write_baseline(path: str | os.PathLike, baseline: dict[str, Any]) -> Path:
 
 
 def read_baseline(path: str | os.PathLike, suite: Suite) -> dict[str, Any]:
+    """A baseline written by `write_baseline`; a malformed one raises one error naming the file and the entry."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"baseline {str(path)!r} does not exist; write one with "
                                 f"`python -m harness check {suite.name} --baseline {path} --write-baseline`")
-    baseline = json.loads(path.read_text())
-    if baseline.get("suite") != suite.name:
-        raise ValueError(f"baseline {str(path)!r} is for suite {baseline.get('suite')!r}, not {suite.name!r}")
+    try:
+        baseline = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"baseline {str(path)!r} is not valid JSON ({err})") from None
+    problem = baseline_problem(baseline)
+    if problem:
+        raise ValueError(f"baseline {str(path)!r} is malformed: {problem}; rewrite it with --write-baseline")
+    if baseline["suite"] != suite.name:
+        raise ValueError(f"baseline {str(path)!r} is for suite {baseline['suite']!r}, not {suite.name!r}")
     return baseline
+
+
+def baseline_problem(baseline: Any) -> str | None:
+    """What `compare` would trip over in a parsed baseline (None: nothing)."""
+    if not isinstance(baseline, dict):
+        return f"a JSON {type(baseline).__name__}, not an object"
+    for key, kind in (("suite", str), ("tolerances", dict), ("variants", dict)):
+        if not isinstance(baseline.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if not isinstance(baseline["tolerances"].get("speedup_tolerance"), (int, float)):
+        return "'tolerances.speedup_tolerance' is missing or not a number"
+    for name, variant in baseline["variants"].items():
+        if not isinstance(variant, dict):
+            return f"variant {name!r} is not an object"
+        for key, (kind, label) in VARIANT_SHAPE.items():
+            if key not in variant or not isinstance(variant[key], kind):
+                return f"variant {name!r}: {key!r} is missing or not a {label}"
+        if set(variant["quality"]) - set(variant["quality_tolerance"]):
+            return f"variant {name!r}: a quality metric has no tolerance"
+    return None
 
 
 # ----------------------------------------------------------------------------------------

@@ -55,6 +55,27 @@ def check_labels(labels: Sequence[int], count: int, num_classes: int, name: str 
     return labels
 
 
+def parse_method_args(text: str, name: str = "--method-args") -> dict[str, Any]:
+    """A method's parameters given as a JSON object on the command line."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} {text!r} is not valid JSON ({err.msg}); expected an object like '{{\"threshold\": 0.5}}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} {text!r} is not a JSON object; expected an object like '{{\"threshold\": 0.5}}'")
+    return value
+
+
+def parse_ints(text: str, name: str) -> list[int]:
+    """Comma-separated integers, e.g. --labels 1,2,3."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not a comma-separated list of integers") from None
+
+
 def check_positive(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -90,15 +111,20 @@ def check_readable(path: str | os.PathLike, what: str) -> Path:
 
 
 def check_writable(path: str | os.PathLike, what: str) -> Path:
-    """A file that can be written: its nearest existing folder is writable (checked before long work)."""
+    """A file that can be written, tried with a temporary file in its nearest existing folder (before long work)."""
+    import tempfile
+
     path = Path(path)
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK) or \
-            (path.exists() and not os.access(path, os.W_OK)):
-        raise PermissionError(f"{what} {str(path)!r} cannot be written (folder {str(folder)!r} is not writable "
-                              "or the path is a folder)")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError("it is a folder")
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{what} {str(path)!r} cannot be written ({err.strerror or err})") from None
     return path
 
 
@@ -136,7 +162,7 @@ def check_identity(stored: Mapping[str, Any], path: str | os.PathLike, kind: str
               if stored.get(key) is not None and value is not None and _norm(stored[key]) != _norm(value)]
     if differ:
         raise ValueError(f"{kind} file {str(path)!r} is for {_describe(stored)}; this run is {_describe(want)} "
-                         f"({', '.join(differ)} differ)")
+                         f"(differs: {', '.join(differ)})")
 
 
 def check_method_files(method_args: Mapping[str, Any], model_name: str, image_size: int | None,

@@ -18,6 +18,8 @@ TITLES = {"macs": "MACs", "latency": "latency"}
 LOG_SCALE_RATIO = 5.0  # quality spanning more than this factor is drawn on a log axis
 AXES = {"macs": (MACS_LINEAR, "MACs per image (linear layers, no CFG doubling)"),
         "latency": (LATENCY, "latency p50 (s)")}
+# One hollow marker shape per method row, shrinking from row to row: rows with equal values stay visible, nested.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -48,11 +50,12 @@ def pareto_png(table: pd.DataFrame, axis: str, primary: str, title: str) -> byte
     fig = Figure(figsize=(6.4, 4.4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for (method, params), group in data.groupby(["method", "params"], sort=True):
+    for i, ((method, params), group) in enumerate(data.groupby(["method", "params"], sort=True)):
         group = group.sort_values(x_col)
         label = method if params == "-" else f"{method} {params}"
-        style = "-o" if method == FULL_COMPUTE else "--s"
-        ax.plot(group[x_col] / scale, group[y_col], style, label=label, markersize=5)
+        ax.plot(group[x_col] / scale, group[y_col], "-" if method == FULL_COMPUTE else "--", label=label,
+                marker=MARKERS[i % len(MARKERS)], markersize=max(11 - 1.5 * (i % len(MARKERS)), 4),
+                fillstyle="none", markeredgewidth=1.2)
         for _, row in group.iterrows():
             ax.annotate(str(row["steps"]), (row[x_col] / scale, row[y_col]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)

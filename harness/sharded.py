@@ -21,7 +21,9 @@ from harness.sampling import sample
 
 
 def parse_seed_range(text: str) -> list[int]:
-    """"0-63" -> [0, ..., 63] (inclusive); "1,5,9" -> [1, 5, 9]."""
+    """"0-63" -> [0, ..., 63] (inclusive); "1,5,9" -> [1, 5, 9]; seeds are distinct and non-negative."""
+    from harness.inputs import check_seeds
+
     try:
         if "-" in text.strip("-"):
             lo, hi = text.split("-", 1)
@@ -29,10 +31,10 @@ def parse_seed_range(text: str) -> list[int]:
         else:
             seeds = [int(s) for s in text.split(",")]
     except ValueError:
-        raise ValueError(f"--seeds {text!r} is not a range A-B or a list 1,2,3") from None
+        raise ValueError(f"--seeds {text!r} is not a range A-B or a list 1,2,3 of non-negative integers") from None
     if not seeds:
         raise ValueError(f"--seeds {text!r} is empty; write A-B with A <= B")
-    return seeds
+    return check_seeds(seeds, "--seeds")
 
 
 @contextlib.contextmanager
@@ -53,10 +55,10 @@ def torchrun_group() -> Iterator[tuple[int, int]]:
         dist.destroy_process_group()
 
 
-def save_npz_atomic(path: Path, images: np.ndarray) -> None:
-    """Writes `arr_0` (uint8 N, H, W, C), the layout the ADM evaluator reads, via a temporary file."""
+def save_npz_atomic(path: Path, images: np.ndarray, labels: Sequence[int], seeds: Sequence[int]) -> None:
+    """Writes `arr_0` (uint8 N, H, W, C, the layout the ADM evaluator reads) with each image's `labels` and `seeds`."""
     buffer = io.BytesIO()
-    np.savez(buffer, arr_0=images)
+    np.savez(buffer, arr_0=images, labels=np.asarray(labels, dtype=np.int64), seeds=np.asarray(seeds, dtype=np.int64))
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -70,7 +72,7 @@ def save_pngs(folder: Path, images: np.ndarray, indices: Sequence[int]) -> None:
 
 def sample_to_npz(model: nn.Module, class_labels: Sequence[int], seeds: Sequence[int], out: str | os.PathLike,
                   png_dir: str | os.PathLike | None = None, **sample_args: Any) -> Path | None:
-    """Samples this rank's share of the images; rank 0 writes the full `.npz` in index order.
+    """Samples this rank's share of the images; rank 0 writes the full `.npz` in index order (images, labels, seeds).
 
     Args:
         model, class_labels, seeds: as for `harness.sample`.
@@ -87,8 +89,7 @@ def sample_to_npz(model: nn.Module, class_labels: Sequence[int], seeds: Sequence
         if rank != 0:
             return None
         path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_npz_atomic(path, images)
+        save_npz_atomic(path, images, class_labels, seeds)
         return path
 
 

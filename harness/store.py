@@ -2,7 +2,8 @@
 
 Each append writes one complete line with a single `write` call, then flushes and
 fsyncs, so a killed run leaves at most one torn line at the end (the cell in flight).
-Readers skip a torn last line; the next append truncates it first. Rewrites
+Readers skip a torn last line (and, with a warning, any line that is not a record of the
+expected shape); the next append truncates a torn line first. Rewrites
 (compaction) go through a temporary file and `os.replace`.
 """
 from __future__ import annotations
@@ -18,6 +19,23 @@ from harness.cache import atomic_write_bytes
 
 RECORDS_FILE = "records.jsonl"
 OK = "ok"
+# What readers (resume, tables, the gate) rely on: entry -> its type; "cell" needs CELL_KEYS too.
+RECORD_SHAPE = {"config_hash": str, "variant_hash": str, "cell": dict, "metrics": dict, "model_info": dict,
+                "provenance": dict}
+CELL_KEYS = ("model", "device", "dtype", "batch_size", "method", "method_args", "steps", "seed")
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a parsed line is not a record readers can use (None: it is one)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if record.get("status", OK) != OK:
+        return None  # failed cells are kept as written and never read for numbers
+    for key, kind in RECORD_SHAPE.items():
+        if not isinstance(record.get(key), kind):
+            return f"its {key!r} is missing or not a {kind.__name__}"
+    missing = [key for key in CELL_KEYS if key not in record["cell"]]
+    return f"its cell lacks {missing[0]!r}" if missing else None
 
 
 def suite_dir(results_dir: str | os.PathLike, suite: str) -> Path:
@@ -110,19 +128,29 @@ class RecordStore:
 
     # ---- reading -----------------------------------------------------------------------------
     def read(self) -> list[dict[str, Any]]:
-        """Every complete record in file order; a torn or unparsable line is skipped with a warning."""
+        """Every complete record in file order; a torn, unparsable or wrong-shaped line is skipped with a warning."""
         if not self.path.is_file():
             return []
+        try:
+            data = self.path.read_bytes()
+        except OSError as err:
+            raise type(err)(f"cannot read records {str(self.path)!r}: {err.strerror or err}") from None
         records = []
-        lines = self.path.read_bytes().split(b"\n")
+        lines = data.split(b"\n")
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 where = "torn last line (a killed run's cell in flight)" if number == len(lines) else f"line {number}"
                 print(f"warning: {self.path}: skipping {where}: not valid JSON", file=sys.stderr)
+                continue
+            problem = record_problem(record)
+            if problem:
+                print(f"warning: {self.path}: skipping line {number}: not a record ({problem})", file=sys.stderr)
+                continue
+            records.append(record)
         return records
 
     @staticmethod

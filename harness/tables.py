@@ -23,7 +23,9 @@ PUBLISHED_CSV = Path(__file__).resolve().parent / "reference" / "published_resul
 FULL_COMPUTE = "ddim"
 MACS_ALL, MACS_LINEAR = "macs.macs_all_per_image", "macs.macs_linear_per_image"  # conventions (a), (b)
 LATENCY, SPEEDUP, LAZY, LAZY_TARGET = "latency.median_s", "latency.speedup", "laziness.all", "laziness.target"
-GROUP_KEYS = ["model", "resolution", "device", "dtype", "batch_size", "method", "params", "steps"]
+SETUP_KEYS = ["model", "resolution", "device", "dtype", "batch_size", "sampler"]  # rows compared with each other
+GROUP_KEYS = SETUP_KEYS + ["method", "params", "steps"]
+TIMED_IMPLIED = "latency.macs_implied_speedup"  # from the timed run's own decision log
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     """One record -> one flat row: axes, then metrics as "<group>.<name>" numbers."""
     cell, metrics = record["cell"], record["metrics"]
     row = {"model": cell["model"], "resolution": record["model_info"]["image_size"], "device": cell["device"],
-           "dtype": cell["dtype"], "batch_size": cell["batch_size"], "method": cell["method"],
+           "dtype": cell["dtype"], "batch_size": cell["batch_size"], "sampler": sampler_label(cell),
+           "method": cell["method"],
            "params": params_label(cell["method_args"]), "steps": cell["steps"], "seed": cell["seed"],
            "variant_hash": record["variant_hash"], "config_hash": record["config_hash"]}
     for group in ("quality", "fidelity", "macs", "laziness"):
@@ -90,10 +93,16 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, (int, float)) and not isinstance(value, bool) or value is None:
                 row[f"{group}.{name}"] = np.nan if value is None else float(value)
     latency = metrics.get("latency") or {}
-    for name in ("median_s", "p10_s", "p90_s", "speedup"):
+    for name in ("median_s", "p10_s", "p90_s", "speedup", "macs_implied_speedup"):
         if name in latency:
             row[f"latency.{name}"] = float(latency[name])
     return row
+
+
+def sampler_label(cell: dict[str, Any]) -> str:
+    """"ddim", "ddim(eta=0.5)" or "ddpm" (records from before the sampler axis are DDIM, eta 0)."""
+    sampler, eta = cell.get("sampler", "ddim"), float(cell.get("eta", 0.0))
+    return f"ddim(eta={eta:g})" if sampler == "ddim" and eta else sampler
 
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -116,9 +125,8 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     metric_cols = [c for col in numeric for c in (col, col + ":std")]
     out = out[keys + ["n_seeds"] + metric_cols]
     order = out["method"].map(lambda m: (m != FULL_COMPUTE, m))
-    out = out.assign(_order=order).sort_values(["model", "resolution", "device", "dtype", "batch_size", "_order",
-                                                "params", "steps_key", "variant_hash"],
-                                               ascending=[True] * 7 + [False, True], kind="stable")
+    out = out.assign(_order=order).sort_values([*SETUP_KEYS, "_order", "params", "steps_key", "variant_hash"],
+                                               ascending=[True] * (len(SETUP_KEYS) + 2) + [False, True], kind="stable")
     return out.drop(columns=["_order"]).reset_index(drop=True)
 
 
@@ -141,11 +149,18 @@ def ddim_curve_at(ddim: pd.DataFrame, x_col: str, y_col: str, x: float) -> float
 
 
 def add_macs_implied(table: pd.DataFrame) -> pd.DataFrame:
-    """Adds the MACs-implied speedup over full DDIM at the same steps and the measured share of it."""
+    """Adds the MACs-implied speedup over full compute and the measured share of it.
+
+    The implied speedup is the timed run's own (its decision log's full-compute MACs over its
+    MACs, convention (a)) where the record has it, else full DDIM's MACs at the same steps over the cell's.
+    """
     table = table.copy()
     implied = []
     for _, row in table.iterrows():
-        same = table[(table[GROUP_KEYS[:5]] == row[GROUP_KEYS[:5]]).all(axis=1) & (table["method"] == FULL_COMPUTE)
+        if row["method"] != FULL_COMPUTE and TIMED_IMPLIED in table and np.isfinite(row[TIMED_IMPLIED]):
+            implied.append(row[TIMED_IMPLIED])
+            continue
+        same = table[(table[SETUP_KEYS] == row[SETUP_KEYS]).all(axis=1) & (table["method"] == FULL_COMPUTE)
                      & (table["steps"] == row["steps"])]
         ok = row["method"] != FULL_COMPUTE and MACS_ALL in table and len(same) == 1
         implied.append(same[MACS_ALL].iloc[0] / row[MACS_ALL] if ok else math.nan)
@@ -163,7 +178,7 @@ def add_matched_budget(table: pd.DataFrame, primary: str) -> pd.DataFrame:
     for x_col, tag in ((MACS_LINEAR, "macs"), (LATENCY, "latency")):
         at, gain = [], []
         for _, row in table.iterrows():
-            same = table[(table[GROUP_KEYS[:5]] == row[GROUP_KEYS[:5]]).all(axis=1) & (table["method"] == FULL_COMPUTE)]
+            same = table[(table[SETUP_KEYS] == row[SETUP_KEYS]).all(axis=1) & (table["method"] == FULL_COMPUTE)]
             if row["method"] == FULL_COMPUTE or y not in table or x_col not in table:
                 at.append(math.nan)
                 gain.append(math.nan)
@@ -226,7 +241,7 @@ def display_table(table: pd.DataFrame, primary: str) -> pd.DataFrame:
     quality = [c for c in quality_columns(table) if metric_info(c).on_board]
     quality.sort(key=lambda c: (c.split(".")[0] != "quality", c.split(".")[-1] != primary, c))
     unit, scale = macs_unit(list(table.get(MACS_ALL, [])) + list(table.get(MACS_LINEAR, [])))
-    varying = [k for k in ("device", "dtype", "batch_size") if table[k].nunique() > 1]
+    varying = [k for k in SETUP_KEYS[2:] if table[k].nunique() > 1]
     out = pd.DataFrame({"method": table["method"], "steps": table["steps"].astype(str), "params": table["params"]})
     for key in varying:
         out[key] = table[key].astype(str)

@@ -188,7 +188,7 @@ def test_official_format_round_trip(tmp_path):
     layers.copy_weight_(torch.randn(STEPS, DEPTH, 2, HIDDEN))
     path = tmp_path / "lazy.pt"
     save_lazy_weights(layers, path, method="lazydit")
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     assert set(payload["model"]) == {official_key(b, k, i) for b in range(DEPTH) for k in (0, 1) for i in range(STEPS)}
     assert payload["model"]["block_1_mlp_lazy_learning_weight_4"].shape == (1, HIDDEN)
     assert torch.equal(payload["model"]["block_1_mlp_lazy_learning_weight_4"][0], layers.weight[4, 1, MLP])
@@ -351,7 +351,7 @@ def test_train_to_file_writes_official_weights_tagged_with_method_and_threshold(
     monkeypatch.setattr(pipeline, "load_for_training", lambda *a, **k: model)
     config = LazyTrainConfig(steps=STEPS, iters=4, batch_size=4, lr=1e-2, all_steps=True)
     summary = pipeline.train_to_file("tiny", str(tmp_path / "w.pt"), config, "random", calib_images=2, quiet=True)
-    payload = torch.load(tmp_path / "w.pt", weights_only=False)
+    payload = torch.load(tmp_path / "w.pt", weights_only=True)
     assert payload["method"] == "lazydit-allsteps" and payload["threshold"] == 0.5
     assert summary["achieved_ratio"] == payload["achieved_ratio"]
     assert len(payload["model"]) == STEPS * DEPTH * 2

@@ -8,8 +8,13 @@ import pytest
 from harness.store import RecordStore
 
 
+CELL = {"model": "m", "device": "cpu", "dtype": "float32", "batch_size": 1, "method": "ddim", "method_args": {},
+        "steps": 2, "seed": 0}
+
+
 def record(h: str, value: float = 1.0, status: str = "ok") -> dict:
-    return {"config_hash": h, "status": status, "metrics": {"x": value}}
+    return {"config_hash": h, "variant_hash": h, "status": status, "metrics": {"x": value}, "cell": CELL,
+            "model_info": {"image_size": 8}, "provenance": {}}
 
 
 def test_each_append_adds_one_complete_line(tmp_path):

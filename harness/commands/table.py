@@ -16,19 +16,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=example_formatter)
     p.add_argument("suite", help="a shipped suite's name (e.g. smoke) or a path to a suite .toml")
     p.add_argument("--results-dir", default="results", help="folder holding <suite>/records.jsonl (default results)")
-    p.add_argument("--print", action="store_true", help="print the Markdown leaderboard instead of the file list")
+    p.add_argument("--print", action="store_true",
+                   help="print the Markdown leaderboard on stdout and write nothing (works on read-only results)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from harness.suite import load_suite
-    from harness.tables import write_reports
+    from harness.tables import aggregate, current_records, records_frame, suite_tables, write_reports
 
     suite = load_suite(args.suite)
-    written = write_reports(suite, args.results_dir)
-    for path in written:
-        if args.print and path.name == "leaderboard.md":
-            print(path.read_text(), end="")
-        elif not args.print:
-            print(f"wrote {path}")
+    if args.print:
+        measured = aggregate(records_frame(current_records(suite, args.results_dir)))
+        print(suite_tables(suite, measured)["leaderboard.md"], end="")
+        return 0
+    for path in write_reports(suite, args.results_dir):
+        print(f"wrote {path}")
     return 0
