@@ -71,4 +71,9 @@ CASES: dict[str, MethodCase] = {
     "delta-dit": MethodCase(full=lambda m, tmp: create_policy("delta-dit", {"interval": 1}),
                             typical=lambda m, tmp: create_policy("delta-dit", {"interval": 3, "cached_blocks": 2}),
                             static=True),
+    "fora": MethodCase(full=lambda m, tmp: create_policy("fora", {"interval": 1}),
+                       typical=lambda m, tmp: create_policy("fora", {"interval": 3}), static=True),
+    "taylorseer": MethodCase(full=lambda m, tmp: create_policy("taylorseer", {"interval": 1}),
+                             typical=lambda m, tmp: create_policy("taylorseer", {"interval": 3, "max_order": 2}),
+                             static=True),
 }
