@@ -44,6 +44,12 @@ class BranchInput:
     def __call__(self) -> torch.Tensor:
         return modulate(self.norm(self.x), self.shift, self.scale)
 
+    def tokens(self, index: torch.Tensor) -> torch.Tensor:
+        """h of the tokens `index` (N, k) only, row by row: (N, k, D). Norm and modulation act per token,
+        so this equals `self()` gathered, for the cost of k tokens (token-level methods: ToCa)."""
+        x = self.x.gather(1, index.unsqueeze(-1).expand(-1, -1, self.x.shape[-1]))  # (N, k, D)
+        return modulate(self.norm(x), self.shift, self.scale)
+
 
 class BlockStack(Protocol):
     """What a policy sees of a model: its depth, one block at a time, and a block's branch input."""
@@ -276,9 +282,25 @@ class Policy:
 
         `make_h` computes the branch input modulate(norm(x)) when called, so a method that
         reuses the branch without looking at its input skips that work too. Models pass a
-        `BranchInput`, whose parts (x, norm, shift, scale) a method may read.
+        `BranchInput`, whose parts (x, norm, shift, scale) a method may read and whose
+        `tokens(index)` gives the input of a subset of tokens (fn is per token for the MLP).
+        For ATTN, `fn` may also offer `fn.forward_with_probs(h) -> (output, probabilities)`,
+        the softmax attention (N, heads, T, T) beside the output, through a materialised
+        softmax (slower than fused attention): read it with `attention_probs(fn)`.
         """
         return fn(make_h())
+
+
+def attention_probs(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """An attention branch's `fn` as h -> (output, attention probabilities (N, heads, T, T)).
+
+    Only methods that score tokens by attention (ToCa) ask for it; every other call keeps the
+    fused SDPA path. Raises for a model whose attention does not offer the probabilities.
+    """
+    with_probs = getattr(fn, "forward_with_probs", None)
+    if with_probs is None:
+        raise NotImplementedError(f"attention {type(fn).__qualname__} does not offer its probabilities (forward_with_probs)")
+    return with_probs
 
 
 COMPUTE_ALL = Policy()  # the stateless default of a plain forward pass

@@ -103,6 +103,16 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, T, D))
 
+    def forward_with_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output through a materialised softmax (timm's non-fused path, as ToCa runs it) and the
+        attention probabilities (N, heads, T, T): row = query, column = key."""
+        B, T, D = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (N, heads, T, D / heads)
+        probs = ((q * (D // self.num_heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (N, heads, T, T)
+        x = probs @ v
+        return self.proj(x.transpose(1, 2).reshape(B, T, D)), probs
+
 
 class Mlp(nn.Module):
     """Two linear layers with tanh-approximated GELU (timm's layout: `fc1`, `fc2`)."""

@@ -14,7 +14,6 @@ the conditioning vector (timestep + label embedding) has min(hidden, 1024) chann
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +85,19 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         B, T, _ = x.shape
+        out = F.scaled_dot_product_attention(*self.heads(x, rope))
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+    def forward_with_probs(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output through a materialised softmax and the attention probabilities (N, heads, T, T)."""
+        B, T, _ = x.shape
+        q, k, v = self.heads(x, rope)
+        probs = ((q * self.head_dim ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (N, heads, T, T)
+        return self.wo((probs @ v).transpose(1, 2).reshape(B, T, -1)), probs
+
+    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """q, k, v (N, heads, T, head_dim): projected, q/k-normed, rotated, kv heads repeated."""
+        B, T, _ = x.shape
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
         dtype = q.dtype  # q/k norms may upcast under autocast; the official code casts back after RoPE
         q = self.q_norm(q).view(B, T, self.num_heads, self.head_dim)
@@ -96,8 +108,22 @@ class Attention(nn.Module):
         if self.num_kv_heads != self.num_heads:  # grouped-query attention: each kv head serves n_rep query heads
             n_rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        return q, k, v
+
+
+class RotaryAttention:
+    """A block's attention with this forward pass's rotary table bound: the `fn` its policy sees."""
+
+    __slots__ = ("attention", "rope")
+
+    def __init__(self, attention: Attention, rope: tuple[torch.Tensor, torch.Tensor]):
+        self.attention, self.rope = attention, rope
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, self.rope)
+
+    def forward_with_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.attention.forward_with_probs(x, self.rope)
 
 
 def ffn_hidden_size(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
@@ -141,7 +167,7 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 policy: Policy, index: int) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        attention = functools.partial(self.attention, rope=rope)
+        attention = RotaryAttention(self.attention, rope)
         x = x + gate_msa.unsqueeze(1) * policy.branch(index, ATTN, attention, BranchInput(x, self.attention_norm, shift_msa, scale_msa))
         x = x + gate_mlp.unsqueeze(1) * policy.branch(index, MLP, self.feed_forward, BranchInput(x, self.ffn_norm, shift_mlp, scale_mlp))
         return x
