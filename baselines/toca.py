@@ -167,6 +167,17 @@ class ToCaPolicy(Policy):
         self.scores: list[torch.Tensor | None] = [None] * run.depth  # s1 per layer, from its last full block
         self.stale: list[torch.Tensor | None] = [None] * run.depth  # cache_index: ToCa steps since refreshed (N, T)
 
+    def parameters(self) -> dict:
+        return {**super().parameters(), "host_syncs_per_step": 0}  # k comes from the plan; top-k, gather, scatter stay on the device
+
+    def begin_step(self, index: int) -> None:
+        super().begin_step(index)
+        self.overhead = 0.0  # this step's scoring work per row, element operations (written once, at the step's end)
+
+    def end_step(self) -> None:
+        if self.overhead:
+            self.log.add_overhead(self.step, self.overhead)
+
     def finish(self):
         self.cache, self.scores, self.stale = BranchCache(0), [], []  # release the cached tensors
         return super().finish()
@@ -186,7 +197,7 @@ class ToCaPolicy(Policy):
         if kind == ATTN and self.needs_probs[self.step][block]:
             out, probs = attention_probs(fn)(make_h())
             self.scores[block] = attention_score(probs)
-            self.log.add_overhead(self.step, (probs.shape[1] + 1) * T * T + 2 * T)  # head mean, query sum, L2 norm
+            self.overhead += (probs.shape[1] + 1) * T * T + 2 * T  # head mean, query sum, L2 norm
         else:
             out = fn(make_h())
         if kind == MLP:
@@ -207,7 +218,7 @@ class ToCaPolicy(Policy):
             stale += 1
             stale.scatter_(1, index, 0)
             T, D = self.run.num_tokens, self.run.hidden_size
-            self.log.add_overhead(self.step, 4 * T + T * math.ceil(math.log2(T)) + 2 * k * D)
+            self.overhead += 4 * T + T * math.ceil(math.log2(T)) + 2 * k * D  # score, bonus, top-k, gather, scatter
         else:
             stale += 1
         return cached
