@@ -47,7 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise type(err)(f"cannot write {str(path)!r}: {err.strerror or err}") from None
+        raise _unwritable(path, err) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
         with os.fdopen(fd, "wb") as handle:
@@ -55,10 +55,16 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _unwritable(path, err) from None
         raise
     return path
+
+
+def _unwritable(path: Path, err: OSError) -> OSError:
+    return type(err)(f"cannot write {str(path)!r}: {err.strerror or err}")
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:

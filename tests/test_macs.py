@@ -85,7 +85,9 @@ def test_ddim50_is_the_lazydit_tables_tmacs_under_convention_b(image_size, tmacs
 
 
 def test_official_l2c_router_skips_23_71_percent_and_drops_ddim50_to_4_36_tmacs():
-    routers = torch.load(FIXTURES / "DDIM50_router.pt", map_location="cpu", weights_only=False)["routers"]
+    from harness.cache import load_torch_dict
+
+    routers = load_torch_dict(FIXTURES / "DDIM50_router.pt", "routers", "L2C router")["routers"]  # args: allow-listed
     log = full_compute_log(50, 1, 28, cfg=True)
     for index in range(0, 50, 2):  # routers are consulted at even step indices only
         keep = (torch.sigmoid(routers[f"{index}.prob"].float()) > 0.1).float().view(28, 2)
