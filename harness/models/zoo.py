@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from harness.cache import atomic_write_json
+from harness.cache import atomic_write_json, load_torch_dict
 from harness.models import MODELS, ModelSpec
 from harness.models.dit import DiT, DiTConfig
 from harness.provenance import sha256_file
@@ -134,7 +134,8 @@ def install_run(run_dir: str | os.PathLike, command: str | None = None, zoo_dir:
     from harness.cache import atomic_torch_save
     from harness.training import CHECKPOINT
 
-    checkpoint = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_dict(Path(run_dir) / CHECKPOINT, "ema", "training-run checkpoint",
+                                 "train one with `python -m harness train embedded`")
     summary = checkpoint["summary"]
     key = canonical_name(summary["config"]["name"])
     zoo = Path(zoo_dir)
