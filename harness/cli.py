@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)
     for leaf in _leaf_parsers(parser):
-        leaf.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+        if "--allow-pickle" not in leaf._option_string_actions:  # a command may declare it itself
+            leaf.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     return parser
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "-m", "harness", *argv])
     try:
-        with _allow_pickle(args.allow_pickle):
+        with _allow_pickle(getattr(args, "allow_pickle", False)):
             return int(args.func(args) or 0)
     except (ValueError, LookupError, OSError) as err:  # OSError: missing, unreadable or unwritable paths
         print(f"harness {args.command}: error: {err}", file=sys.stderr)
