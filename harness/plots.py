@@ -35,6 +35,16 @@ def pareto_front(x: np.ndarray, y: np.ndarray, higher_is_better: bool) -> np.nda
 
 def pareto_png(table: pd.DataFrame, axis: str, primary: str, title: str) -> bytes | None:
     """One Pareto plot as PNG bytes; None when the table lacks the cost or the quality column."""
+    fig = pareto_figure(table, axis, primary, title)
+    if fig is None:
+        return None
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def pareto_figure(table: pd.DataFrame, axis: str, primary: str, title: str) -> Figure | None:
+    """The Pareto plot of `pareto_png` as a figure (one line per method row, each with its own hollow marker)."""
     x_col, x_label = AXES[axis]
     y_col = f"quality.{primary}"
     if x_col not in table or y_col not in table:
@@ -71,9 +81,7 @@ def pareto_png(table: pd.DataFrame, axis: str, primary: str, title: str) -> byte
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return fig
 
 
 def suite_plots(measured: pd.DataFrame, primary: str, suite_name: str) -> dict[str, bytes]:

@@ -451,3 +451,38 @@ def test_the_fidelity_reference_key_follows_the_sampling_code(monkeypatch):
     first = key()
     monkeypatch.setattr(fidelity, "REFERENCE_CODE", (*fidelity.REFERENCE_CODE, "harness.store"))
     assert key() != first
+
+
+def test_methods_with_equal_values_keep_distinct_visible_markers():
+    import pandas as pd
+
+    from harness.plots import pareto_figure
+
+    rows = [{"macs.macs_linear_per_image": 1e6, "quality.fid": 2.0, "method": m, "params": "-", "steps": 5}
+            for m in ("ddim", "lazydit")]
+    lines = pareto_figure(pd.DataFrame(rows), "macs", "fid", "t").axes[0].lines[:2]
+    assert lines[0].get_marker() != lines[1].get_marker()
+    assert lines[0].get_markersize() > lines[1].get_markersize() and lines[1].get_fillstyle() == "none"
+
+
+def test_results_folders_never_make_the_checkout_dirty(tmp_path):
+    import subprocess
+
+    from harness.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "records.jsonl").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    (tmp_path / "results" / "records.jsonl").write_text("{}\n{}\n")
+    (tmp_path / "results" / "new.md").write_text("table\n")
+    clean = git_state(str(tmp_path), ("results",))
+    assert not clean["git_commit"].endswith("-dirty") and clean["git_diff_sha256"] is None
+    (tmp_path / "code.py").write_text("x = 2\n")
+    dirty = git_state.__wrapped__(str(tmp_path), ("results",))
+    assert dirty["git_commit"].endswith("-dirty") and len(dirty["git_diff_sha256"]) == 64
