@@ -83,7 +83,7 @@ def default_evaluator(cell: Cell) -> str | None:
 def fidelity_metrics(out: SampleOutput, model: nn.Module, cell: Cell, same_run: SampleOutput | None) -> dict[str, Any]:
     """PSNR / SSIM of the images and MSE of the latents against full compute (same seeds, labels, steps, sampler, eta).
 
-    The reference is this run's DDIM cell with the same seeds and steps when there is one, else
+    The reference is this run's DDIM cell with the same seeds, steps, sampler and eta when there is one, else
     `full_compute_reference`, sampled once and cached by content hash.
     """
     from harness.metrics.fidelity import FullComputeReference, compute_fidelity_metrics, full_compute_reference

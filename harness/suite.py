@@ -242,8 +242,12 @@ class Suite:
         _check_unique(cells)
 
     def _check_values(self) -> None:
-        """Guidance, seeds, samplers and etas: the values `harness.inputs` accepts, named by key."""
+        """Guidance, seeds, samplers, etas, resolutions and evaluators, named by key, before any cell runs."""
+        import torch
+
         from harness.inputs import check_cfg_scale, check_sampler, check_seeds
+        from harness.models import build_model
+        from harness.runner import EVALUATORS
 
         try:
             check_cfg_scale(self.cfg_scale, "cfg_scale")
@@ -251,7 +255,13 @@ class Suite:
             for sampler in self.samplers:
                 for eta in self.etas:
                     check_sampler(sampler, eta, "samplers / etas")
-        except ValueError as err:
+            for model in self.models:
+                if model.evaluator is not None:
+                    EVALUATORS.get(model.evaluator)
+                for resolution in model.resolutions:
+                    with torch.device("meta"):  # the architecture only: no memory, no weights
+                        build_model(model.name, image_size=resolution)
+        except (ValueError, LookupError) as err:
             raise SpecError(str(err)) from None
 
     # ---- expansion ------------------------------------------------------------------------

@@ -66,7 +66,9 @@ def _set_threads(args: argparse.Namespace) -> None:
     if args.threads is not None:
         import torch
 
-        torch.set_num_threads(args.threads)
+        from harness.inputs import check_positive
+
+        torch.set_num_threads(check_positive(args.threads, "--threads"))
 
 
 def run_train(args: argparse.Namespace) -> int:

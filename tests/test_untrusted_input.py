@@ -486,3 +486,18 @@ def test_results_folders_never_make_the_checkout_dirty(tmp_path):
     (tmp_path / "code.py").write_text("x = 2\n")
     dirty = git_state.__wrapped__(str(tmp_path), ("results",))
     assert dirty["git_commit"].endswith("-dirty") and len(dirty["git_diff_sha256"]) == 64
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"name": "embedded/digits-8", "resolutions": [16]}, "image_size=16"),
+    ({"name": "embedded/digits-8", "evaluator": "domian"}, "'domian'"),
+])
+def test_suite_models_are_checked_at_load_time(model, message):
+    with pytest.raises(ValueError, match=message):
+        Suite.from_dict(tiny_suite(models=[model]))
+
+
+def test_train_threads_must_be_positive(tmp_path, capsys):
+    args = ["train", "lazydit", "--model", "embedded/digits-8", "--steps-budget", "4", "--threads", "0",
+            "--out", str(tmp_path / "w.pt")]
+    assert main(args) == 2 and "--threads" in one_line_error(capsys)
