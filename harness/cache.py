@@ -91,7 +91,7 @@ class UnsafeFileError(ValueError):
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save` with the all-or-nothing guarantee of `atomic_write_bytes`.
 
-    `obj` must be plain data (tensors, dicts with string keys, lists, tuples, str / int /
+    `obj` must be plain data (tensors, dicts with str / int keys, lists, tuples, str / int /
     float / bool / None), so that every file the harness writes loads with weights_only=True.
     """
     import io
@@ -110,7 +110,7 @@ def _check_plain(obj: Any, where: str) -> None:
     if isinstance(obj, dict):
         for key, value in obj.items():
             if not isinstance(key, (str, int)):
-                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}; torch files the harness writes use str keys")
+                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}; torch files the harness writes use str / int keys")
             _check_plain(value, f"{where}[{key!r}]")
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
@@ -126,7 +126,7 @@ def pickle_allowed() -> bool:
 
 def load_torch_dict(path: str | os.PathLike, key: str | None = None, kind: str = "torch",
                     make_hint: str = "", allow_pickle: bool | None = None) -> dict[str, Any]:
-    """A torch-saved dict read without running code in it; every failure is one ValueError naming the file.
+    """A torch-saved dict read without running code in it; every failure is one error naming the file.
 
     The file is loaded with weights_only=True (tensors, containers, plain values and the
     classes in `SAFE_GLOBALS`). A file that needs any other class (a pickled object, which
@@ -169,15 +169,22 @@ def _torch_load(path: Path, kind: str, allow_pickle: bool) -> Any:
         unsafe = _unsafe_globals(path, err)
         if not unsafe:
             raise ValueError(f"{kind} file {str(path)!r} is not a readable torch file (corrupt or another format)") from None
-        if not allow_pickle:
-            raise UnsafeFileError(f"{kind} file {str(path)!r} holds pickled objects ({', '.join(unsafe)}) that could run "
-                                  f"code while loading; it was not loaded. If you trust the file, {ALLOW_PICKLE_HINT}") from None
-        warnings.warn(f"fully unpickling {kind} file {str(path)!r} ({', '.join(unsafe)}): {ALLOW_PICKLE_ENV}=1 / "
-                      "--allow-pickle trusts it to run code", stacklevel=3)
-        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001  a truncated, empty or foreign file fails in many ways inside torch
-        raise ValueError(f"{kind} file {str(path)!r} is not a readable torch file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
+        raise _unreadable(path, kind, err) from None
+    if not allow_pickle:
+        raise UnsafeFileError(f"{kind} file {str(path)!r} holds pickled objects ({', '.join(unsafe)}) that could run "
+                              f"code while loading; it was not loaded. If you trust the file, {ALLOW_PICKLE_HINT}")
+    warnings.warn(f"fully unpickling {kind} file {str(path)!r} ({', '.join(unsafe)}): {ALLOW_PICKLE_ENV}=1 / "
+                  "--allow-pickle trusts it to run code", stacklevel=3)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001  e.g. a class the file names that this environment lacks
+        raise _unreadable(path, kind, err) from None
+
+
+def _unreadable(path: Path, kind: str, err: Exception) -> ValueError:
+    detail = str(err).splitlines()[0] if str(err) else "empty or truncated"
+    return ValueError(f"{kind} file {str(path)!r} is not a readable torch file ({type(err).__name__}: {detail})")
 
 
 def _unsafe_globals(path: Path, err: Exception) -> list[str]:
