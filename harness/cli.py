@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "harness.commands.check",
     "harness.commands.sample",
     "harness.commands.train",
+    "harness.commands.calibrate",
     "harness.commands.macs",
     "harness.commands.info",
 )

@@ -81,6 +81,8 @@ class RunInfo:
     hidden_size: int
     device: torch.device
     real: int | None = None  # real images per CFG half (the rest pad the batch); None: every row is real
+    model_name: str | None = None  # what the run samples: a method checks its files against these
+    image_size: int | None = None
 
     @property
     def half(self) -> int:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from harness.diffusion import Diffusion, default_guide_channels, model_output_with_cfg
+from harness.inputs import check_cfg_scale, check_sampler
 from harness.methods import DecisionLog, Policy, RunInfo, create_policy
 from harness.models.vae import decode_latents
 
@@ -81,8 +82,8 @@ def sample(
     n = len(seeds)
     if len(class_labels) != n:
         raise ValueError(f"got {len(class_labels)} class labels for {n} seeds; give one label per seed")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
+    check_cfg_scale(cfg_scale)
+    check_sampler(sampler, eta)
     labels = torch.as_tensor(list(class_labels), dtype=torch.long)
     if n and (labels.min() < 0 or labels.max() >= spec.num_classes):
         raise ValueError(f"class labels must lie in 0..{spec.num_classes - 1} for {spec.name}; got {labels.tolist()}")
@@ -185,7 +186,7 @@ def run_info(model: nn.Module, diffusion: Diffusion, batch: int, cfg: bool, devi
     return RunInfo(
         num_steps=diffusion.num_timesteps, timesteps=tuple(diffusion.timestep_map), batch=batch, cfg=cfg,
         depth=model.depth, num_tokens=model.num_tokens, hidden_size=model.config.hidden_size, device=device,
-        real=real,
+        real=real, model_name=model.spec.name, image_size=model.spec.image_size,
     )
 
 

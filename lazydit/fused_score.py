@@ -12,10 +12,13 @@ where it cannot be built, `layernorm_score_logits` returns None and callers use 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import platform
 import warnings
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -76,11 +79,24 @@ def _cpu_tag() -> tuple[str, list[str]]:
     return hashlib.sha256(flags.encode()).hexdigest()[:10], ["-march=native"]
 
 
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Raises a logger to ERROR inside the block."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 @functools.lru_cache(maxsize=1)
 def _extension():
     tag, arch = _cpu_tag() if platform.machine() in ("x86_64", "AMD64") else ("generic", [])
     try:
-        from torch.utils.cpp_extension import load_inline
+        with _quiet("torch.utils.cpp_extension"):  # its import warns about CUDA_HOME on every CPU-only machine
+            from torch.utils.cpp_extension import load_inline
 
         return load_inline(name=f"lazydit_score_{tag}", cpp_sources=SOURCE, functions=["layernorm_score_logits"],
                            extra_cflags=FLAGS + arch, verbose=False)

@@ -36,6 +36,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from harness.inputs import IDENTITY_KEYS, check_identity
 from harness.methods import METHODS, Policy, RunInfo
 from lazydit.fused_score import layernorm_score_logits
 from lazydit.layers import DEFAULT_THRESHOLD, LazyLayers
@@ -70,6 +71,7 @@ class LazyDiTPolicy(Policy):
         if cfg.score not in SCORES:
             raise ValueError(f"unknown score {cfg.score!r} for method {self.name!r}; accepted: {', '.join(SCORES)}")
         stored: dict[str, Any] = {}
+        self.identity: dict[str, Any] = {}  # model, image size and steps the weights file was trained for
         if layers is None:
             layers, stored = self._load(cfg.weights)
         self.layers = layers
@@ -112,6 +114,7 @@ class LazyDiTPolicy(Policy):
         if trained_by != self.name:
             raise ValueError(f"{path!r} was trained as method {trained_by!r}; use method={trained_by!r} (not {self.name!r})")
         stored = {key: payload[key] for key in ("threshold", "target_ratio") if payload.get(key) is not None}
+        self.identity = {key: payload[key] for key in IDENTITY_KEYS if key in payload}
         return layers_from_state(payload[WEIGHTS_KEY]), stored
 
     def parameters(self) -> dict[str, Any]:
@@ -121,6 +124,7 @@ class LazyDiTPolicy(Policy):
     # ---- lifecycle ---------------------------------------------------------------
     def start(self, run: RunInfo) -> None:
         super().start(run)
+        check_identity(self.identity, self.config.weights, "lazy-weights", run.model_name, run.image_size, run.num_steps)
         self.layers.check_fits(run.num_steps, run.depth, run.hidden_size)
         weight = self.layers.weight  # a stacked copy: read once
         self.weight = [[list(block.unbind(0)) for block in step.unbind(0)] for step in weight.to(run.device).unbind(0)]  # [S][depth][2] (D,)

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from harness.cache import atomic_torch_save, load_torch_dict
 from baselines.caching import ScheduledBranchPolicy
+from harness.inputs import IDENTITY_KEYS, check_identity
 from harness.methods import METHODS, DecisionLog, RunInfo
 from lazydit.policy import PAPER
 
@@ -107,11 +108,15 @@ class LazyDiTStaticPolicy(ScheduledBranchPolicy):
 
     def __init__(self, config: "LazyDiTStaticPolicy.Config | None" = None, compute: torch.Tensor | None = None):
         super().__init__(config)
+        self.identity: dict[str, Any] = {}  # model, image size and steps the schedule was calibrated for
         if compute is None:
             if not self.config.schedule:
                 raise ValueError(f"method {self.name!r} needs method_args['schedule']: the path of a schedule file")
             payload = read_schedule_file(self.config.schedule)
+            if payload.get("method", self.name) != self.name:
+                raise ValueError(f"{self.config.schedule!r} is a {payload['method']!r} file, not a {self.name!r} schedule")
             compute, self.target_ratio = payload[SCHEDULE_KEY], payload.get("target_ratio")
+            self.identity = {key: payload[key] for key in IDENTITY_KEYS if key in payload}
         self.compute = compute.bool().cpu()
 
     @classmethod
@@ -119,4 +124,6 @@ class LazyDiTStaticPolicy(ScheduledBranchPolicy):
         return cls(cls.Config(schedule=""), compute=compute)
 
     def schedule(self, run: RunInfo) -> torch.Tensor:
+        check_identity(self.identity, self.config.schedule, "LazyDiT schedule", run.model_name, run.image_size,
+                       run.num_steps)
         return self.compute

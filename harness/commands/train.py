@@ -19,14 +19,12 @@ CALIBRATORS: Registry[AddParser] = Registry("calibrator", plugins=PLUGINS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    _add_group(sub, "train", TRAINERS, "train embedded models, lazy layers, routers",
-               "examples:\n  python -m harness train embedded --name digits-8\n"
-               "  python -m harness train lazydit --model embedded/digits-8 --steps-budget 20")
-    _add_group(sub, "calibrate", CALIBRATORS, "calibrate a method on full-compute runs (e.g. TeaCache's polynomial)",
-               "example:\n  python -m harness calibrate teacache --model embedded/digits-8 --steps 25 --out teacache.json")
+    add_group(sub, "train", TRAINERS, "train embedded models, lazy layers, routers",
+              "examples:\n  python -m harness train embedded --name digits-8\n"
+              "  python -m harness train lazydit --model embedded/digits-8 --steps-budget 20")
 
 
-def _add_group(sub: argparse._SubParsersAction, command: str, registry: Registry[AddParser], help: str, epilog: str) -> None:
+def add_group(sub: argparse._SubParsersAction, command: str, registry: Registry[AddParser], help: str, epilog: str) -> None:
     parser = sub.add_parser(command, help=help, formatter_class=example_formatter, epilog=epilog)
     group = parser.add_subparsers(dest="trainer", required=True, metavar="WHAT")
     for name in registry.names():

@@ -327,7 +327,7 @@ def dry_run_decisions(policy: Policy, model: nn.Module, steps: int | str, images
     hidden = model.config.hidden_size
     run = RunInfo(num_steps=diffusion.num_timesteps, timesteps=tuple(int(t) for t in diffusion.timestep_map),
                   batch=batch, cfg=cfg, depth=model.depth, num_tokens=model.num_tokens, hidden_size=hidden,
-                  device=torch.device("cpu"))
+                  device=torch.device("cpu"), model_name=model.spec.name, image_size=model.spec.image_size)
     stack = _StandInStack(model.depth)
     x = torch.zeros(batch, model.num_tokens, hidden)
     c = torch.zeros(batch, hidden)
