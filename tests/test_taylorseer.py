@@ -2,8 +2,7 @@
 
 The fixture (tests/fixtures/golden/taylorseer/, PROVENANCE.md there) holds what the official
 TaylorSeer-DiT produced on a random-weight model with the harness's noise and labels: its own
-`ddim_sample_loop`, and its model forward stepped by the harness's DDIM arithmetic (bit-exact on a
-machine that reproduces the plain run bit for bit).
+`ddim_sample_loop`, and its model forward stepped by the harness's DDIM arithmetic.
 """
 from __future__ import annotations
 
@@ -37,32 +36,20 @@ def run_golden(model: torch.nn.Module, run: dict):
                   noise=GOLDEN["noise"], decode=False)
 
 
-@pytest.fixture(scope="module")
-def bit_exact(golden_model) -> bool:
-    """Whether this CPU reproduces the fixture's all-full run (plain DDIM) bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the fixture was made
-    try:
-        run = GOLDEN["runs"]["ddim20-interval1-order4-enhance2-harness-step"]
-        return torch.equal(run_golden(golden_model, run).latents, run["latents"])
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_fixture_noise_is_the_harness_noise_of_its_seeds(golden_model):
     assert torch.equal(GOLDEN["noise"], initial_noise(GOLDEN["seeds"].tolist(), golden_model.spec.latent_shape))
 
 
 @pytest.mark.parametrize("key", sorted(GOLDEN["runs"]))
-def test_matches_the_official_code(key, golden_model, bit_exact, one_thread):
+def test_matches_the_official_code(key, golden_model, one_thread):
+    """Typing exactly; latents to float rounding: the forecast is one weighted sum, not the official term-by-term
+    sum (harness-step runs differ by <= 2e-7 of the latent scale where made), and the official ddim_sample rounds
+    its float32 coefficients (<= 6e-7)."""
     run = GOLDEN["runs"][key]
     out = run_golden(golden_model, run)
     assert torch.equal(out.decisions.branch.bool().all(-1), run["computed"])
     assert torch.equal(out.decisions.branch.bool().any(-1), run["computed"])
-    if run["stepper"] == "harness" and bit_exact:
-        assert torch.equal(out.latents, run["latents"])
-    else:  # the official ddim_sample rounds its coefficients differently (float32 tensors, not float64)
-        torch.testing.assert_close(out.latents, run["latents"], rtol=0, atol=1e-5 * float(run["latents"].abs().max()))
+    torch.testing.assert_close(out.latents, run["latents"], rtol=0, atol=1e-5 * float(run["latents"].abs().max()))
 
 
 @pytest.mark.parametrize("interval, full", [
