@@ -162,3 +162,13 @@ def test_a_non_square_token_grid_is_refused():
     info = run_info(model, Diffusion(10), 2, True, torch.device("cpu"))
     with pytest.raises(ValueError, match="12 tokens"):
         policy.start(type(info)(**{**info.__dict__, "num_tokens": 12}))
+
+
+def test_runs_on_large_dit(one_thread):
+    model = large_dit()
+    run = lambda method, args=None: sample(model, [1, 2], [3, 4], steps=10, cfg_scale=1.5, method=method,
+                                           method_args=args, decode=False)
+    full = run("toca", {"fresh_threshold": 1, "fresh_ratio": 0.0})
+    assert torch.equal(full.latents, run("ddim").latents)
+    typical = run("toca", {"fresh_threshold": 2, "fresh_ratio": 0.2})
+    assert typical.latents.isfinite().all() and 0 < typical.decisions.lazy_ratio()["all"] < 1
