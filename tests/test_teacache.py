@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +49,7 @@ def test_accumulation_resets_on_computed_steps(tiny_latent_dit, one_thread):
     first reaches the threshold (identity polynomial: the deltas themselves)."""
     threshold, seen = 0.3, []
     policy = create_policy("teacache", {"threshold": threshold})
-    policy.poly = lambda delta: seen.append(delta) or delta
+    policy.rescale = lambda delta: seen.append(delta) or delta
     out = run(tiny_latent_dit, policy)
     expected, acc = [0], 0.0
     for j, delta in enumerate(seen, start=1):
@@ -106,6 +108,13 @@ def test_decisions_never_see_padding_rows(tiny_latent_dit, one_thread):
     assert np.abs(deltas(with_padding) - deltas(exact)).max() > 1e-3
 
 
+def test_rescale_is_numpy_poly1d():
+    coefficients = [-1876.5, 1840.1, -149.7, 4.46, -0.0155]
+    policy = create_policy("teacache", {"coefficients": coefficients})
+    for delta in (0.0, 0.013, 0.07, 0.5):
+        assert policy.rescale(delta) == float(np.poly1d(coefficients)(delta))
+
+
 def test_fit_recovers_a_known_polynomial():
     truth = [3.0, -2.0, 0.5, 1.5, 0.01]
     x = np.linspace(0.0, 1.0, 40)
@@ -144,3 +153,14 @@ def test_bad_arguments_fail_with_one_clear_line(tmp_path):
     with pytest.raises(ValueError, match="is not a TeaCache calibration"):
         create_policy("teacache", {"calibration": str(tmp_path / "other.json")})
     assert create_policy("teacache", {"coefficients": list(IDENTITY)}).coefficients == IDENTITY
+
+
+def test_shipped_calibrations_load_and_match_the_manifest():
+    zoo = Path(__file__).resolve().parent.parent / "baselines" / "zoo"
+    entries = json.loads((zoo / "manifest.json").read_text())["teacache_calibrations"]
+    assert {(e["model"], e["steps"]) for e in entries.values()} >= {
+        (f"embedded/digits-{m}", s) for m in (8, 16) for s in (25, 50)}
+    for name, entry in entries.items():
+        data = load_calibration(zoo / name)
+        assert hashlib.sha256((zoo / name).read_bytes()).hexdigest() == entry["sha256"]
+        assert (data["model"], data["steps"], data["coefficients"]) == (entry["model"], entry["steps"], entry["coefficients"])
