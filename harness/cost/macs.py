@@ -62,13 +62,14 @@ def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
 def _broadcast_shift_flop(a: Any, b: Any, *args, out_val=None, **kwargs) -> int:
     """adaLN's `x * (1 + scale) + shift`: one multiply-add per element, seen as the shift's add.
 
-    The add of a per-sample vector (N, 1, D) to tokens (N, T, D) occurs only in modulation;
+    The add of a per-sample vector (N, 1, D) to tokens (N, T, D), T >= 1, occurs only in modulation;
     every other add (residuals, positional embedding) counts zero.
     """
     if not (torch.is_tensor(a) and torch.is_tensor(b) and a.dim() == 3 and b.dim() == 3):
         return 0
     small, big = (a, b) if a.shape[1] < b.shape[1] else (b, a)
-    if small.shape[1] == 1 and big.shape[1] > 1 and small.shape[0] == big.shape[0] and small.shape[2] == big.shape[2]:
+    # big may hold a single token too: a token-level method modulating k = 1 selected tokens (ToCa).
+    if small.shape[1] == 1 and small.shape[0] == big.shape[0] and small.shape[2] == big.shape[2]:
         return 2 * big.numel()  # flops, as FlopCounterMode counts them (2 per MAC)
     return 0
 
