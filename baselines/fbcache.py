@@ -38,6 +38,8 @@ class FBCachePolicy(Policy):
 
     name: ClassVar[str] = "fbcache"
     paper: ClassVar[str] = "https://github.com/chengzeyi/ParaAttention"
+    code: ClassVar[str] = "https://github.com/chengzeyi/ParaAttention"
+    faithfulness: ClassVar[str] = "follows ParaAttention's first_block_cache (no official DiT code)"
     batch_coupled: ClassVar[bool] = True
 
     def __init__(self, config: "FBCachePolicy.Config | None" = None):

@@ -37,6 +37,8 @@ class FORAPolicy(ScheduledBranchPolicy):
 
     name: ClassVar[str] = "fora"
     paper: ClassVar[str] = "https://arxiv.org/abs/2407.01425"
+    code: ClassVar[str] = "https://github.com/prathebaselva/FORA"
+    faithfulness: ClassVar[str] = "matches the official code (golden fixtures; its DDPM-only loop driven by DDIM)"
 
     def schedule(self, run: RunInfo) -> torch.Tensor:
         full = torch.tensor(fora_full_steps(run.num_steps, self.config.interval))

@@ -89,6 +89,8 @@ class TaylorSeerPolicy(ScheduledBranchPolicy):
 
     name: ClassVar[str] = "taylorseer"
     paper: ClassVar[str] = "https://arxiv.org/abs/2503.06923"
+    code: ClassVar[str] = "https://github.com/Shenyi-Z/TaylorSeer"
+    faithfulness: ClassVar[str] = "matches the official TaylorSeer-DiT code (golden fixtures)"
 
     def schedule(self, run: RunInfo) -> torch.Tensor:
         c = self.config

@@ -74,6 +74,8 @@ class TeaCachePolicy(Policy):
 
     name: ClassVar[str] = "teacache"
     paper: ClassVar[str] = "https://arxiv.org/abs/2411.19108"
+    code: ClassVar[str] = "https://github.com/ali-vilab/TeaCache"
+    faithfulness: ClassVar[str] = "adaptation: no official DiT code; follows the batched-CFG Latte / Open-Sora code"
     batch_coupled: ClassVar[bool] = True
 
     def __init__(self, config: "TeaCachePolicy.Config | None" = None):

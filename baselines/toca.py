@@ -151,6 +151,8 @@ class ToCaPolicy(Policy):
 
     name: ClassVar[str] = "toca"
     paper: ClassVar[str] = "https://arxiv.org/abs/2410.05317"
+    code: ClassVar[str] = "https://github.com/Shenyi-Z/ToCa"
+    faithfulness: ClassVar[str] = "matches the official DiT-ToCa code (golden fixtures); layer factor l/(depth-1)"
 
     def start(self, run: RunInfo) -> None:
         super().start(run)

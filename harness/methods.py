@@ -218,6 +218,9 @@ class Policy:
 
     name: ClassVar[str] = "ddim"
     paper: ClassVar[str] = "https://arxiv.org/abs/2010.02502"
+    code: ClassVar[str] = ""  # the official implementation; "" when none is reachable
+    # How this implementation relates to the official one (shown by `harness info`, recorded in results).
+    faithfulness: ClassVar[str] = "unlabelled"
     # Decisions from a statistic pooled over the batch's real rows: they depend on which images share a batch.
     batch_coupled: ClassVar[bool] = False
     target_ratio: float | None = None  # the lazy ratio the method's settings were calibrated for, if any
@@ -308,7 +311,14 @@ def attention_probs(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[tor
 COMPUTE_ALL = Policy()  # the stateless default of a plain forward pass
 
 METHODS: Registry[type[Policy]] = Registry("method", plugins=("baselines", "lazydit"), base=Policy)
-METHODS.register("ddim")(Policy)
+
+
+@METHODS.register("ddim")
+class DDIMPolicy(Policy):
+    """Plain DDIM at the run's step budget: the reference every method is compared with."""
+
+    code: ClassVar[str] = "https://github.com/facebookresearch/DiT"
+    faithfulness: ClassVar[str] = "the reference sampler (facebookresearch/DiT's DDIM loop, bit for bit)"
 
 
 def create_policy(method: str, method_args: dict[str, Any] | None = None) -> Policy:

@@ -61,6 +61,8 @@ class LazyDiTPolicy(Policy):
 
     name: ClassVar[str] = "lazydit"
     paper: ClassVar[str] = PAPER
+    code: ClassVar[str] = "https://github.com/shawnricecake/lazydit"
+    faithfulness: ClassVar[str] = "matches the official code (decisions and outputs on the same weights and noise)"
 
     def __init__(self, config: "LazyDiTPolicy.Config | None" = None, layers: LazyLayers | None = None,
                  prediction: torch.Tensor | None = None):
@@ -230,6 +232,7 @@ class LazyDiTAllStepsPolicy(LazyDiTPolicy):
     """LazyDiT with lazy layers trained at every step index (this harness's extension, not the paper's recipe)."""
 
     name: ClassVar[str] = "lazydit-allsteps"
+    faithfulness: ClassVar[str] = "this harness's extension of the official code: lazy layers at every step index"
 
 
 def lazydit_policy_for(method: str, layers: LazyLayers, threshold: float = DEFAULT_THRESHOLD) -> LazyDiTPolicy:

@@ -105,6 +105,8 @@ class LazyDiTStaticPolicy(ScheduledBranchPolicy):
 
     name: ClassVar[str] = "lazydit-static"
     paper: ClassVar[str] = PAPER
+    code: ClassVar[str] = "https://github.com/shawnricecake/lazydit"
+    faithfulness: ClassVar[str] = "this harness's variant: LazyDiT decisions frozen from a calibration run"
 
     def __init__(self, config: "LazyDiTStaticPolicy.Config | None" = None, compute: torch.Tensor | None = None):
         super().__init__(config)

@@ -8,7 +8,7 @@ from harness.commands import example_formatter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="versions, device, threads, which weights are present",
+    p = sub.add_parser("info", help="versions, device, threads, which weights are present, the methods",
                        epilog="examples:\n  python -m harness info\n  python -m harness info --json",
                        formatter_class=example_formatter)
     p.add_argument("--device", default="cpu", help="device to describe (default cpu)")
@@ -20,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from harness.inventory import weights_inventory
     from harness.provenance import device_info, package_versions
 
-    info = {"packages": package_versions(), "device": device_info(args.device), "weights": weights_inventory()}
+    info = {"packages": package_versions(), "device": device_info(args.device), "weights": weights_inventory(),
+            "methods": method_inventory()}
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -29,4 +30,15 @@ def run(args: argparse.Namespace) -> int:
     for w in info["weights"]:
         status = w["path"] if w["found"] else "MISSING - " + w.get("detail", "")
         print(f"{w['kind']:<10} {w['name']:<22} {status}")
+    for m in info["methods"]:
+        coupled = ", batch-coupled" if m["batch_coupled"] else ""
+        print(f"method     {m['name']:<22} {m['faithfulness']}{coupled}; paper {m['paper']}; code {m['code'] or 'none reachable'}")
     return 0
+
+
+def method_inventory() -> list[dict[str, object]]:
+    """Every registered method: its paper, official code and how faithful this implementation is."""
+    from harness.methods import METHODS
+
+    return [{"name": name, "paper": cls.paper, "code": cls.code, "faithfulness": cls.faithfulness,
+             "batch_coupled": cls.batch_coupled} for name, cls in ((n, METHODS.get(n)) for n in METHODS.names())]

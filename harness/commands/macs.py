@@ -78,7 +78,7 @@ def compute_macs_record(model_name: str, image_size: int | None, steps: str | in
     from harness.cost.macs import cost_table, dry_run_decisions, full_compute_log, macs_from_log
     from harness.diffusion import Diffusion, parse_steps
     from harness.inputs import check_cfg_scale, check_method_files, check_positive, check_sampler, check_seeds
-    from harness.methods import Policy, create_policy
+    from harness.methods import DDIMPolicy, Policy, create_policy
     from harness.models import build_model
 
     steps = parse_steps(steps)
@@ -94,7 +94,7 @@ def compute_macs_record(model_name: str, image_size: int | None, steps: str | in
     table = cost_table(meta)
     cfg = cfg_scale > 1.0
     policy = create_policy(method, method_args)
-    if type(policy) is Policy:  # plain DDIM computes everything: no run needed
+    if type(policy) in (Policy, DDIMPolicy):  # plain DDIM computes everything: no run needed
         log, source = full_compute_log(Diffusion(steps).num_timesteps, num_images, meta.depth, cfg), "full-compute"
     elif dry_run:
         log, source = dry_run_decisions(policy, meta, steps, num_images, cfg), "dry-run"
