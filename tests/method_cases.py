@@ -69,9 +69,7 @@ CASES: dict[str, MethodCase] = {
                            typical=lambda m, tmp: create_policy("ab-cache", {"order": 3, "warmup": 2, "interval": 4}),
                            static=True),
     "toca": MethodCase(full=lambda m, tmp: create_policy("toca", {"fresh_threshold": 1, "fresh_ratio": 0.0}),
-                       # k is never 1 here: FlopCounterMode cannot see a one-token modulation (.notes/toca-requests.md)
-                       typical=lambda m, tmp: create_policy("toca", {"fresh_threshold": 2, "fresh_ratio": 0.1}),
-                       static=False),
+                       typical=lambda m, tmp: create_policy("toca"), static=False),
     "delta-dit": MethodCase(full=lambda m, tmp: create_policy("delta-dit", {"interval": 1}),
                             typical=lambda m, tmp: create_policy("delta-dit", {"interval": 3, "cached_blocks": 2}),
                             static=True),
