@@ -56,6 +56,18 @@ def lazydit_static(compute_share: float) -> Callable[[nn.Module, Path], Policy]:
     return make
 
 
+def l2c(threshold: float) -> Callable[[nn.Module, Path], Policy]:
+    """A random router in the official file layout (threshold 0: every sigmoid > 0, so everything computes)."""
+    def make(model: nn.Module, tmp: Path) -> Policy:
+        from baselines.l2c import save_routers
+
+        path = tmp / "l2c-router.pt"
+        save_routers(torch.randn(STEPS, 2 * model.depth, generator=torch.Generator().manual_seed(2)), path)
+        return create_policy("l2c", {"router": str(path), "threshold": threshold})
+
+    return make
+
+
 CASES: dict[str, MethodCase] = {
     "ddim": MethodCase(full=lambda m, tmp: create_policy("ddim"), typical=lambda m, tmp: create_policy("ddim"), static=True),
     "lazydit": lazydit("lazydit"),
@@ -78,4 +90,5 @@ CASES: dict[str, MethodCase] = {
     "taylorseer": MethodCase(full=lambda m, tmp: create_policy("taylorseer", {"interval": 1}),
                              typical=lambda m, tmp: create_policy("taylorseer", {"interval": 3, "max_order": 2}),
                              static=True),
+    "l2c": MethodCase(full=l2c(0.0), typical=l2c(0.5), static=True),
 }
