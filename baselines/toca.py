@@ -7,7 +7,8 @@ probabilities kept for scoring, every token's staleness reset) or `ToCa`: the at
 is reused whole, and the MLP is recomputed for the k highest-scoring tokens of each row only,
 scattered into the cached MLP output. Which blocks are full, and k, depend on the step index
 alone (`toca_plan`), so the log's shares are fixed before sampling; which tokens are chosen
-depends on the data, per row (the CFG halves choose apart), on the device without host reads.
+depends on the data, per row (the CFG halves choose apart), on the device without host reads
+(`host_syncs` stays 0: k comes from the plan; top-k, gather and scatter stay on the device).
 
 Faithful to the official code, including its quirks: the full-step interval is recomputed
 (`force_scheduler`) only on full blocks of layer 0, so block 0 decides with the interval of the
@@ -168,9 +169,6 @@ class ToCaPolicy(Policy):
         self.cache = BranchCache(run.depth)
         self.scores: list[torch.Tensor | None] = [None] * run.depth  # s1 per layer, from its last full block
         self.stale: list[torch.Tensor | None] = [None] * run.depth  # cache_index: ToCa steps since refreshed (N, T)
-
-    def parameters(self) -> dict:
-        return {**super().parameters(), "host_syncs_per_step": 0}  # k comes from the plan; top-k, gather, scatter stay on the device
 
     def begin_step(self, index: int) -> None:
         super().begin_step(index)
