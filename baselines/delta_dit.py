@@ -18,7 +18,7 @@ The schedule is fixed before sampling: no host reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -70,7 +70,7 @@ class DeltaDiTPolicy(Policy):
         self.delta_front: torch.Tensor | None = None  # h after block N_c - 1 minus h before block 0
         self.delta_rear: torch.Tensor | None = None  # h after the last block minus h before block depth - N_c
 
-    def parameters(self) -> dict:
+    def parameters(self) -> dict[str, Any]:
         """The arguments, with the defaults resolved once a run has fixed depth and steps."""
         resolved = {"cached_blocks": self.cached_blocks, "boundary": self.boundary} if self.run is not None else {}
         return {**super().parameters(), **resolved}
