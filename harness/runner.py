@@ -121,7 +121,7 @@ def latency_metrics(run_method: Callable[[], Any], run_ddim: Callable[[], Any] |
     fns = {"method": run_method, **({"ddim": run_ddim} if run_ddim else {})}
     scope = "end_to_end" if cell.latency.decode else "sampler"
     lats = compare_latency(fns, cell.device, cell.latency.warmup, cell.latency.repeats, scope, "eager")
-    out = {**lats["method"].to_dict(), "images": cell.latency.batch, "speedup": 1.0}
+    out = {**lats["method"].to_dict(), "speedup": 1.0}
     if run_ddim:
         out["ddim"] = lats["ddim"].to_dict()
         out["speedup"] = lats["ddim"].median_s / lats["method"].median_s
@@ -268,12 +268,17 @@ def measure(cell: Cell, ctx: RunContext, model: nn.Module, policy: Policy, out: 
     if cell.measures("macs"):
         metrics["macs"] = macs_metrics(model, out.decisions)
     if cell.measures("latency"):
-        kwargs = cell_sampling(model, cell, min(cell.latency.batch, cell.num_samples), cell.latency.decode)  # outside the timer
+        # A batch-coupled method decides on its batch: time exactly the quality run's first batch.
+        images = min(cell.batch_size if policy.batch_coupled else cell.latency.batch, cell.num_samples)
+        kwargs = cell_sampling(model, cell, images, cell.latency.decode)  # outside the timer
         timed: dict[str, SampleOutput] = {}
         run_method = lambda: timed.update(out=sample(model, method=policy, **kwargs))  # noqa: E731
         run_ddim = None if is_reference else (lambda: sample(model, method=FULL_COMPUTE, **kwargs))
-        metrics["latency"] = {**latency_metrics(run_method, run_ddim, cell),
+        metrics["latency"] = {**latency_metrics(run_method, run_ddim, cell), "images": images,
                               **timed_run_metrics(model, timed["out"].decisions)}
+    if policy.batch_coupled:
+        metrics["batch_composition"] = {"batch_size": cell.batch_size, "images": "consecutive seeds in order",
+                                        "timed": "the quality run's first batch"}
     return metrics
 
 

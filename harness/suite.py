@@ -137,6 +137,9 @@ class MethodEntry:
     sweep: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     steps: tuple[int | str, ...] = ()  # empty: the suite's steps
     models: tuple[str, ...] = ()  # empty: every model of the suite (weights files are often model-specific)
+    # empty: the suite's. A batch-coupled method's decisions pool over a batch, so its batch size is part of
+    # the setting; its latency is timed on the quality run's first batch (same composition).
+    batch_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,8 @@ class Suite:
                 raise SpecError(f"unknown device {device!r} in devices; accepted: {', '.join(DEVICE_KINDS)} (cuda:N)")
         _check_choices(self.dtypes, DTYPES, "dtypes")
         _check_choices(self.metrics, METRIC_GROUPS, "metrics")
-        if self.num_samples < 1 or any(b < 1 for b in self.batch_sizes) or self.latency.batch < 1:
+        batch_sizes = [*self.batch_sizes, *(b for m in self.methods for b in m.batch_sizes)]
+        if self.num_samples < 1 or any(b < 1 for b in batch_sizes) or self.latency.batch < 1:
             raise SpecError("num_samples, batch_sizes and latency.batch must be positive integers")
         try:
             check_protocol(self.latency.warmup, self.latency.repeats)
@@ -274,7 +278,8 @@ class Suite:
             for resolution in model.resolutions or (None,):
                 for args, steps in itertools.product(_sweep(method), method.steps or self.steps):
                     for device, dtype, batch, (sampler, eta), (i, seed) in itertools.product(
-                            self.devices, self.dtypes, self.batch_sizes, self.sampler_settings(), enumerate(self.seeds)):
+                            self.devices, self.dtypes, method.batch_sizes or self.batch_sizes, self.sampler_settings(),
+                            enumerate(self.seeds)):
                         values = {"model": model.name, "model_slug": slug(model.name), "resolution": resolution,
                                   "steps": steps, "seed": seed}
                         cells.append(Cell(

@@ -136,6 +136,34 @@ def test_latency_times_method_and_ddim_in_the_same_cell(tmp_path):
     assert latency["speedup"] == pytest.approx(latency["ddim"]["median_s"] / latency["median_s"])
 
 
+class CoupledSkip(Policy):
+    """A batch-coupled stand-in: computes everything, says it pools over the batch."""
+
+    name = "test-coupled"
+    batch_coupled = True
+
+
+if "test-coupled" not in METHODS:
+    METHODS.register("test-coupled")(CoupledSkip)
+
+
+def test_batch_coupled_latency_times_the_quality_runs_first_batch(tmp_path):
+    suite = tiny_suite(methods=[{"name": "test-coupled", "batch_sizes": [2]}], steps=[2], metrics=["latency"],
+                       latency={"batch": 3})
+    run_suite(suite, tmp_path, progress=False)
+    record = RecordStore.for_suite(tmp_path, "tiny").read()[0]
+    assert record["cell"]["batch_size"] == 2 and record["metrics"]["latency"]["images"] == 2
+    assert record["metrics"]["batch_composition"]["timed"] == "the quality run's first batch"
+    assert record["method_info"]["batch_coupled"] is True
+
+
+def test_uncoupled_latency_times_the_latency_batch(tmp_path):
+    run_suite(tiny_suite(methods=["test-skip-mlp"], steps=[2], metrics=["latency"], latency={"batch": 3}), tmp_path,
+              progress=False)
+    record = RecordStore.for_suite(tmp_path, "tiny").read()[0]
+    assert record["metrics"]["latency"]["images"] == 3 and "batch_composition" not in record["metrics"]
+
+
 def test_resume_skips_cells_recorded_with_the_same_config_hash(tmp_path):
     run_suite(tiny_suite(), tmp_path, progress=False)
     before = RecordStore.for_suite(tmp_path, "tiny").path.read_bytes()

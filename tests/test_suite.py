@@ -96,6 +96,16 @@ def test_method_steps_override_the_suite_steps():
     assert [c.steps for c in suite.cells()] == [5, 10, 50]
 
 
+def test_method_batch_sizes_override_the_suite_batch_sizes():
+    suite = Suite.from_dict(spec(methods=["ddim", {"name": "ddim", "steps": [50], "batch_sizes": [16]}], batch_sizes=[64]))
+    assert [(c.steps, c.batch_size) for c in suite.cells()] == [(5, 64), (10, 64), (50, 16)]
+
+
+def test_method_batch_size_below_one_is_refused():
+    with pytest.raises(SpecError, match="batch_sizes"):
+        Suite.from_dict(spec(methods=[{"name": "ddim", "batch_sizes": [0]}]))
+
+
 def test_sweep_expands_method_arguments(monkeypatch):
     from dataclasses import dataclass
 
