@@ -133,6 +133,8 @@ class L2CPolicy(ScheduledBranchPolicy):
 
     name: ClassVar[str] = METHOD
     paper: ClassVar[str] = PAPER
+    code: ClassVar[str] = "https://github.com/horseee/learning-to-cache"
+    faithfulness: ClassVar[str] = "matches the official load_ranking inference (golden fixture); official router files load"
 
     def __init__(self, config: "L2CPolicy.Config | None" = None, logits: torch.Tensor | None = None):
         super().__init__(config)
