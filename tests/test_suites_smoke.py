@@ -26,19 +26,34 @@ def test_smoke_suite_covers_both_embedded_models_and_several_budgets():
     assert len(suite.steps) >= 3 and len(suite.seeds) >= 2 and suite.devices == ("cpu",)
 
 
+STAND_IN_KEYS = ("weights", "schedule", "router", "calibration")  # method arguments that name a model-specific file
+
+
 def stand_in_file(key: str, steps: int, path) -> str:
-    """A random lazy-weights file or static schedule that fits the tiny model at `steps`."""
+    """A random lazy-weights file, static schedule, L2C router or TeaCache calibration that fits the tiny model
+    at `steps`."""
     model = build_tiny()
-    if key == "weights":
+    gen = torch.Generator().manual_seed(0)
+    if key == "router":
+        from baselines.l2c import save_routers
+
+        save_routers(torch.randn(steps, 2 * model.depth, generator=gen), path, model_name=TINY, steps=steps)
+    elif key == "calibration":
+        from harness.cache import atomic_write_json
+        from baselines.teacache import CALIBRATION_FORMAT, IDENTITY
+
+        atomic_write_json(path, {"format": CALIBRATION_FORMAT, "coefficients": list(IDENTITY), "model": TINY,
+                                 "image_size": model.spec.image_size, "steps": steps})
+    elif key == "weights":
         from lazydit import LazyLayers, save_lazy_weights
 
         layers = LazyLayers(steps, model.depth, model.config.hidden_size)
-        torch.nn.init.normal_(layers.weight, std=0.05, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.normal_(layers.weight, std=0.05, generator=gen)
         save_lazy_weights(layers, path)
     else:
         from lazydit.static import save_schedule
 
-        save_schedule(torch.rand(steps, model.depth, 2, generator=torch.Generator().manual_seed(0)) > 0.3, path)
+        save_schedule(torch.rand(steps, model.depth, 2, generator=gen) > 0.3, path)
     return str(path)
 
 
@@ -53,8 +68,8 @@ def tiny_version(suite: Suite, tmp_path) -> Suite:
         method["steps"] = [2] if method["steps"] else []
         method["models"] = []
         method["sweep"] = {k: v[:1] for k, v in method["sweep"].items()}
-        for key in ("weights", "schedule"):
-            template = str(tmp_path / f"{m}-{key}-{{i}}-{{{{steps}}}}.pt")
+        for key in STAND_IN_KEYS:
+            template = str(tmp_path / f"{m}-{key}-{{i}}-{{{{steps}}}}.{'json' if key == 'calibration' else 'pt'}")
             for s in (2, 4):
                 if key in method["args"]:
                     stand_in_file(key, s, template.format(i=0).format(steps=s))
