@@ -71,6 +71,8 @@ def record_pairs(model: torch.nn.Module, labels: list[int], seeds: list[int], st
 
 def fit_polynomial(x: np.ndarray, y: np.ndarray) -> tuple[list[float], float]:
     """The degree-4 least-squares fit y ~ poly(x) (np.poly1d order) and its root-mean-square residual."""
+    if len(x) < 5:
+        raise ValueError(f"a degree-4 fit needs at least 5 (x, y) pairs; got {len(x)} (give more --images or --steps)")
     coefficients = np.polyfit(x, y, 4)
     residual = float(np.sqrt(np.mean((np.poly1d(coefficients)(x) - y) ** 2)))
     return [float(a) for a in coefficients], residual

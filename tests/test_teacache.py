@@ -121,6 +121,8 @@ def test_fit_recovers_a_known_polynomial():
     coefficients, residual = fit_polynomial(x, np.poly1d(truth)(x))
     np.testing.assert_allclose(coefficients, truth, atol=1e-8)
     assert residual < 1e-10
+    with pytest.raises(ValueError, match="at least 5"):
+        fit_polynomial(x[:4], x[:4])
 
 
 def test_calibration_round_trip_and_identity_check(tmp_path, one_thread):
