@@ -323,7 +323,7 @@ def test_shipped_routers_match_their_manifest():
         path = ZOO / name
         assert sha256_file(path) == entry["sha256"], name
         payload = read_router_file(path)
-        assert payload["model_name"] == entry["model"] and payload["steps"] == entry["steps"]
+        check_method_files({"router": str(path)}, entry["model"], entry["image_size"], entry["steps"])
         logits = router_logits(payload["routers"], path)
         assert round(skip_ratio(logits, 0.1), 4) == entry["skip_ratio"], name
         assert entry["skip_ratio"] > 0.1, name  # a meaningful share skipped at the default threshold
