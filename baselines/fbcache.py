@@ -14,12 +14,12 @@ method (no paper; https://github.com/chengzeyi/ParaAttention), not diffusers' `F
 With DiT's batched CFG there is one statistic, one decision and one residual for the whole batch.
 
 Cost, counted in the decision log's overhead: the two abs-mean reductions on the steps that decide.
-Deciding reads one float on the host per deciding step (`host_syncs`, at most one per step).
+Deciding reads one float on the host per deciding step (`Policy.host_syncs`: at most one per step).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -49,14 +49,6 @@ class FBCachePolicy(Policy):
             raise ValueError(f"threshold={cfg.threshold!r} for method {self.name!r}; accepted: a number (<= 0 never reuses)")
         if not (isinstance(cfg.warmup_steps, int) and cfg.warmup_steps >= 0):
             raise ValueError(f"warmup_steps={cfg.warmup_steps!r} for method {self.name!r}; accepted: an integer >= 0")
-
-    def parameters(self) -> dict[str, Any]:
-        """The config and the measured host reads per step."""
-        return {**super().parameters(), "host_syncs_per_step": self.host_syncs_per_step()}
-
-    def host_syncs_per_step(self) -> float | None:
-        """Host reads per step of the last sampled batch (`Policy.host_syncs` is reset per run); None before any."""
-        return None if self.run is None else self.host_syncs / self.run.num_steps
 
     def start(self, run: RunInfo) -> None:
         super().start(run)

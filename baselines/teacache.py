@@ -16,7 +16,7 @@ the default [0, 0, 0, 1, 0] is the identity, i.e. the raw relative L1 is accumul
 Cost, counted in the decision log's overhead: m (block 0's adaLN linear and the norm + modulation of
 its attention input) on every step but the last, where nothing reads it, and the two abs-mean reductions
 on the steps that decide. On computed steps block 0 computes its modulation again, as the official code
-does. Deciding reads one float on the host per deciding step (`host_syncs`, at most one per step).
+does. Deciding reads one float on the host per deciding step (`Policy.host_syncs`: N - 2 per run).
 """
 from __future__ import annotations
 
@@ -97,13 +97,8 @@ class TeaCachePolicy(Policy):
         self.coefficients = coefficients
 
     def parameters(self) -> dict[str, Any]:
-        """The config, the coefficients in use and the measured host reads per step."""
-        return {**super().parameters(), "coefficients": list(self.coefficients),
-                "host_syncs_per_step": self.host_syncs_per_step()}
-
-    def host_syncs_per_step(self) -> float | None:
-        """Host reads per step of the last sampled batch (`Policy.host_syncs` is reset per run); None before any."""
-        return None if self.run is None else self.host_syncs / self.run.num_steps
+        """The config with the coefficients in use (the calibration's, when given)."""
+        return {**super().parameters(), "coefficients": list(self.coefficients)}
 
     def start(self, run: RunInfo) -> None:
         super().start(run)
