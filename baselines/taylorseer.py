@@ -110,8 +110,20 @@ class TaylorSeerPolicy(ScheduledBranchPolicy):
                 weights[i, :step.orders] = torch.tensor([step.offset ** k / math.factorial(k) for k in range(step.orders)],
                                                         dtype=torch.float64)
         self.weights = weights.float().to(run.device)  # (S, m + 1): x^k / k! per Taylor step, moved once
-        self.buffers: list[torch.Tensor] = []  # two (m + 1, depth, 2, B, T, D) factor stores: current, next
+        # Allocated at the first branch output: two (m + 1, depth, 2, B, T, D) factor stores (current, next), the
+        # forecast (depth, 2, B, T, D), and per-branch views of each store's D_0 and of the forecast, made once so
+        # that a step indexes nothing.
+        self.buffers: list[torch.Tensor] = []
+        self.fresh_views: list[list[list[torch.Tensor]]] = []
         self.forecast: torch.Tensor | None = None
+        self.forecast_views: list[list[torch.Tensor]] = []
+
+    def allocate(self, out: torch.Tensor) -> None:
+        depth = self.run.depth
+        self.buffers = [out.new_empty((self.config.max_order + 1, depth, 2, *out.shape)) for _ in range(2)]
+        self.fresh_views = [[[buf[0, b, k] for k in range(2)] for b in range(depth)] for buf in self.buffers]
+        self.forecast = out.new_empty((depth, 2, *out.shape))
+        self.forecast_views = [[self.forecast[b, k] for k in range(2)] for b in range(depth)]
 
     def begin_step(self, index: int) -> None:
         super().begin_step(index)
@@ -119,10 +131,10 @@ class TaylorSeerPolicy(ScheduledBranchPolicy):
         if not step.full:  # every branch of every block at once: the forecast does not depend on x
             factors = self.buffers[0][:step.orders]
             if step.orders == 1:
-                self.forecast = factors[0]
+                self.forecast.copy_(factors[0])
             else:  # sum_k D_k x^k / k! as one weighted sum over the stacked factors (a GEMV, memory-bound)
-                weights = self.weights[index, :step.orders].to(factors.dtype)
-                self.forecast = (weights @ factors.view(step.orders, -1)).view(factors.shape[1:])
+                weights = self.weights[index, None, :step.orders].to(factors.dtype)  # (1, m + 1)
+                torch.mm(weights, factors.view(step.orders, -1), out=self.forecast.view(1, -1))
 
     def end_step(self) -> None:
         step = self.steps[self.step]
@@ -131,20 +143,19 @@ class TaylorSeerPolicy(ScheduledBranchPolicy):
             for k in range(step.orders):
                 torch.sub(new[k], old[k], out=new[k + 1]).div_(step.offset)
             self.buffers.reverse()
-        self.forecast = None
+            self.fresh_views.reverse()
         super().end_step()
 
     def finish(self):
-        self.buffers, self.forecast = [], None
+        self.buffers, self.fresh_views, self.forecast, self.forecast_views = [], [], None, []
         return super().finish()
 
     def branch(self, block: int, kind: int, fn: Callable[[torch.Tensor], torch.Tensor],
                make_h: Callable[[], torch.Tensor]) -> torch.Tensor:
         if not self.current[block][kind]:
-            return self.forecast[block, kind]  # the branch input is never computed
+            return self.forecast_views[block][kind]  # the branch input is never computed
         out = fn(make_h())
         if not self.buffers:
-            shape = (self.config.max_order + 1, self.run.depth, 2, *out.shape)
-            self.buffers = [out.new_empty(shape), out.new_empty(shape)]
-        self.buffers[1][0, block, kind] = out  # the next D_0
+            self.allocate(out)
+        self.fresh_views[1][block][kind].copy_(out)  # the next D_0
         return out
