@@ -237,7 +237,8 @@ def add_parser(trainers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None, help="decoded image size (default: from the checkpoint)")
     p.add_argument("--steps-budget", type=int, required=True, help="sampling steps the routers serve (even)")
     p.add_argument("--lam", type=float, default=None,
-                   help=f"weight of sum(sigmoid(logits)) (default: the README's, {README_LAMBDA} by steps)")
+                   help="weight of sum(sigmoid(logits)) (default: the official README's: "
+                        f"{', '.join(f'{v:g} at {n} steps' for n, v in README_LAMBDA.items())}; others must pass it)")
     p.add_argument("--iters", type=int, default=d.iters, help="optimizer steps (default: %(default)s; official ~20-40k)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
