@@ -74,11 +74,17 @@ def router_logits(routers: dict[str, Any], path: str | os.PathLike = "<routers>"
     if not found or sorted(found) != list(range(len(found))) or len(found) != len(routers):
         keys = ", ".join(sorted(map(str, routers))[:4])
         raise ValueError(f"L2C router file {str(path)!r}: 'routers' must hold '0.prob' .. '{{N-1}}.prob'; found {keys or 'nothing'}")
-    rows = [torch.as_tensor(found[i]).float().flatten() for i in range(len(found))]
+    try:
+        rows = [torch.as_tensor(found[i]).float().flatten() for i in range(len(found))]
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"L2C router file {str(path)!r}: a router is not a tensor of logits ({err})") from None
     if len({len(r) for r in rows}) != 1 or len(rows[0]) % 2:
         raise ValueError(f"L2C router file {str(path)!r}: every router must hold the same even number (2 * depth) of "
                          f"logits; found lengths {sorted({len(r) for r in rows})}")
-    return torch.stack(rows)
+    logits = torch.stack(rows)
+    if not logits.isfinite().all():
+        raise ValueError(f"L2C router file {str(path)!r}: its logits hold NaN or infinite values")
+    return logits
 
 
 def save_routers(logits: torch.Tensor, path: str | os.PathLike, **extra: Any) -> None:

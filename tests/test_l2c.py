@@ -155,6 +155,12 @@ def test_malformed_router_entries_are_refused(tmp_path):
     torch.save({"routers": {"0.prob": torch.zeros(4), "1.prob": torch.zeros(6)}}, path)
     with pytest.raises(ValueError, match="same even number"):
         create_policy("l2c", {"router": str(path)})
+    torch.save({"routers": {"0.prob": "high", "1.prob": "low"}}, path)
+    with pytest.raises(ValueError, match="not a tensor of logits"):
+        create_policy("l2c", {"router": str(path)})
+    torch.save({"routers": {"0.prob": torch.tensor([0.0, float("nan")])}}, path)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        create_policy("l2c", {"router": str(path)})
 
 
 class _Payload:
