@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, ClassVar, Iterator
@@ -30,7 +29,8 @@ from baselines.l2c import DEFAULT_THRESHOLD, METHOD, check_even_steps, save_rout
 from harness.commands import example_formatter
 from harness.commands.train import TRAINERS
 from harness.diffusion import Diffusion
-from harness.fill_blend import BlendPolicy, draw_index, drop_labels, fill_then_blend, frozen, output_mse
+from harness.fill_blend import (BlendPolicy, draw_index, drop_labels, fill_then_blend, frozen, output_mse,
+                                progress_printer)
 
 README_LAMBDA = {50: 1e-6, 20: 5e-6, 10: 1e-6}  # the official README's lambda for DiT-XL/2 at 256, by step count
 DATA_SOURCES = ("digits", "latents:PATH", "imagefolder:PATH", "random")  # lazydit.data.training_batches
@@ -193,7 +193,8 @@ def train_to_file(model_name: str, out: str, config: L2CTrainConfig, data: str =
     model = load_model(model_name, checkpoint, image_size=image_size).to(device)
     batches = training_batches(model, data, config.batch_size, config.seed, device, vae_path)
     start = time.perf_counter()
-    logits, history = train_routers(model, batches, config, on_step=None if quiet else progress_printer(config.iters))
+    logits, history = train_routers(model, batches, config, on_step=None if quiet else progress_printer(
+        config.iters, lambda m: f"router {m['index'] - 1} skips {m['skipped']:.0%}", every=50))
     seconds = time.perf_counter() - start
     ratio = skip_ratio(logits, DEFAULT_THRESHOLD)
     save_routers(logits, out, **file_identity(model, config.steps, METHOD), args=config.to_dict(),
@@ -203,18 +204,6 @@ def train_to_file(model_name: str, out: str, config: L2CTrainConfig, data: str =
             "threshold": DEFAULT_THRESHOLD, "skip_ratio": round(ratio, 4), "train_seconds": round(seconds, 1),
             "final_loss": sum(h["loss"] for h in tail) / len(tail), "final_mse": sum(h["mse"] for h in tail) / len(tail),
             "args": config.to_dict()}
-
-
-def progress_printer(total: int, every: int = 50) -> Callable[[int, dict[str, float]], None]:
-    """An on_step callback printing the running loss to stderr."""
-    start = time.perf_counter()
-
-    def report(it: int, m: dict[str, float]) -> None:
-        if (it + 1) % every == 0 or it == 0 or it + 1 == total:
-            print(f"[{it + 1}/{total}] loss {m['loss']:.3e} mse {m['mse']:.3e} router {m['index'] - 1} skips "
-                  f"{m['skipped']:.0%} ({time.perf_counter() - start:.0f}s)", file=sys.stderr)
-
-    return report
 
 
 #################################################################################

@@ -9,6 +9,8 @@ is the prediction. The method adds its own penalty on the decisions to the MSE.
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from typing import Callable, ClassVar, Iterator
 
 import numpy as np
@@ -124,3 +126,16 @@ def drop_labels(y: torch.Tensor, num_classes: int, p: float, generator: torch.Ge
     """Replaces each label by the null class with probability p (classifier-free guidance dropout)."""
     drop = torch.rand(len(y), generator=generator) < p
     return torch.where(drop.to(y.device), torch.full_like(y, num_classes), y)
+
+
+def progress_printer(total: int, describe: Callable[[dict[str, float]], str], every: int = 25,
+                     ) -> Callable[[int, dict[str, float]], None]:
+    """An on_step callback printing `[it/total] loss .. mse .. <describe(metrics)> (elapsed)` to stderr."""
+    start = time.perf_counter()
+
+    def report(it: int, m: dict[str, float]) -> None:
+        if (it + 1) % every == 0 or it == 0 or it + 1 == total:
+            print(f"[{it + 1}/{total}] loss {m['loss']:.3e} mse {m['mse']:.3e} {describe(m)} "
+                  f"({time.perf_counter() - start:.0f}s)", file=sys.stderr)
+
+    return report

@@ -5,13 +5,13 @@ Each job returns a plain summary dict (what the command prints as JSON).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch.nn as nn
 
 from harness.diffusion import parse_steps
+from harness.fill_blend import progress_printer
 from harness.inputs import (check_cfg_scale, check_identity, check_positive, check_ratio, check_writable,
                             file_identity)
 from lazydit.accounting import realised_ratio, threshold_for_ratio
@@ -34,18 +34,6 @@ def calibration_set(model: nn.Module, images: int, seed: int = 0) -> tuple[list[
     return labels, [seed + i for i in range(images)]
 
 
-def progress_printer(total: int, every: int = 25):
-    """An on_step callback printing the running losses to stderr."""
-    start = time.perf_counter()
-
-    def report(it: int, m: dict[str, float]) -> None:
-        if (it + 1) % every == 0 or it == 0 or it + 1 == total:
-            print(f"[{it + 1}/{total}] loss {m['loss']:.3e} mse {m['mse']:.3e} attn lazy {m['attn_lazy']:.0%} "
-                  f"mlp lazy {m['mlp_lazy']:.0%} ({time.perf_counter() - start:.0f}s)", file=sys.stderr)
-
-    return report
-
-
 def train_to_file(model_name: str, out: str, config: LazyTrainConfig, data: str, checkpoint: str | None = None,
                   image_size: int | None = None, target_ratio: float | None = None, calib_images: int = 16,
                   cfg_scale: float = 1.5, device: str = "cpu", vae_path: str | None = None, quiet: bool = False) -> dict:
@@ -65,7 +53,8 @@ def train_to_file(model_name: str, out: str, config: LazyTrainConfig, data: str,
     model = load_for_training(model_name, checkpoint, image_size, device)
     batches = training_batches(model, data, config.batch_size, config.seed, device, vae_path)
     start = time.perf_counter()
-    layers, history = train_lazy_layers(model, batches, config, on_step=None if quiet else progress_printer(config.iters))
+    layers, history = train_lazy_layers(model, batches, config, on_step=None if quiet else progress_printer(
+        config.iters, lambda m: f"attn lazy {m['attn_lazy']:.0%} mlp lazy {m['mlp_lazy']:.0%}"))
     train_s = time.perf_counter() - start
     labels, seeds = calibration_set(model, calib_images)
     if target_ratio is not None:

@@ -30,3 +30,10 @@ def one_thread():
 def tiny_latent_dit() -> torch.nn.Module:
     """A 4-channel latent DiT (so DiT's 3-of-4-channel CFG quirk applies), 16 tokens."""
     return randomize(build_model("DiT-S/2", image_size=64, depth=3, hidden_size=64, num_heads=4, num_classes=10))
+
+
+def golden_model(spec: dict) -> torch.nn.Module:
+    """The random-weight DiT a golden fixture was made with (its "model" entry: architecture, seed, std)."""
+    model = build_model("DiT-S/2", image_size=spec["image_size"], depth=spec["depth"], hidden_size=spec["hidden_size"],
+                        num_heads=spec["num_heads"], num_classes=spec["num_classes"])
+    return randomize(model, spec["seed"], spec["std"])

@@ -13,21 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import build_model, sample
+from harness import sample
 from harness.cost.macs import dry_run_decisions
 from harness.methods import create_policy
 from harness.sampling import initial_noise
-from conftest import randomize
+from conftest import golden_model as build_golden_model
 
 GOLDEN = torch.load(Path(__file__).parent / "fixtures/golden/fora/golden.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def golden_model() -> torch.nn.Module:
-    m = GOLDEN["model"]
-    model = build_model("DiT-S/2", image_size=m["image_size"], depth=m["depth"], hidden_size=m["hidden_size"],
-                        num_heads=m["num_heads"], num_classes=m["num_classes"])
-    return randomize(model, m["seed"], m["std"])
+    return build_golden_model(GOLDEN["model"])
 
 
 def run_golden(model: torch.nn.Module, run: dict, method: str = "fora", args: dict | None = None):
