@@ -24,6 +24,9 @@ FULL_COMPUTE = "ddim"
 MACS_ALL, MACS_LINEAR = "macs.macs_all_per_image", "macs.macs_linear_per_image"  # conventions (a), (b)
 LATENCY, SPEEDUP, LAZY, LAZY_TARGET = "latency.median_s", "latency.speedup", "laziness.all", "laziness.target"
 SETUP_KEYS = ["model", "resolution", "device", "dtype", "batch_size", "sampler"]  # rows compared with each other
+# A method row is compared with the DDIM curve of the same setup at any batch size: DDIM's images do not depend
+# on it (batch-invariant sampling), while a batch-coupled method's batch is part of its setting.
+CURVE_KEYS = [k for k in SETUP_KEYS if k != "batch_size"]
 GROUP_KEYS = SETUP_KEYS + ["method", "params", "steps"]
 TIMED_IMPLIED = "latency.macs_implied_speedup"  # from the timed run's own decision log
 
@@ -160,9 +163,9 @@ def add_macs_implied(table: pd.DataFrame) -> pd.DataFrame:
         if row["method"] != FULL_COMPUTE and TIMED_IMPLIED in table and np.isfinite(row[TIMED_IMPLIED]):
             implied.append(row[TIMED_IMPLIED])
             continue
-        same = table[(table[SETUP_KEYS] == row[SETUP_KEYS]).all(axis=1) & (table["method"] == FULL_COMPUTE)
+        same = table[(table[CURVE_KEYS] == row[CURVE_KEYS]).all(axis=1) & (table["method"] == FULL_COMPUTE)
                      & (table["steps"] == row["steps"])]
-        ok = row["method"] != FULL_COMPUTE and MACS_ALL in table and len(same) == 1
+        ok = row["method"] != FULL_COMPUTE and MACS_ALL in table and len(same) >= 1
         implied.append(same[MACS_ALL].iloc[0] / row[MACS_ALL] if ok else math.nan)
     table["macs_implied.speedup"] = implied
     if SPEEDUP in table:
@@ -178,7 +181,7 @@ def add_matched_budget(table: pd.DataFrame, primary: str) -> pd.DataFrame:
     for x_col, tag in ((MACS_LINEAR, "macs"), (LATENCY, "latency")):
         at, gain = [], []
         for _, row in table.iterrows():
-            same = table[(table[SETUP_KEYS] == row[SETUP_KEYS]).all(axis=1) & (table["method"] == FULL_COMPUTE)]
+            same = table[(table[CURVE_KEYS] == row[CURVE_KEYS]).all(axis=1) & (table["method"] == FULL_COMPUTE)]
             if row["method"] == FULL_COMPUTE or y not in table or x_col not in table:
                 at.append(math.nan)
                 gain.append(math.nan)

@@ -92,6 +92,15 @@ def test_matched_budget_interpolates_the_ddim_curve_at_the_methods_macs_and_late
     assert row["DDIM FID @latency"] == "17.5" and row["gain @latency ↑"] == "5.50"
 
 
+def test_a_method_with_its_own_batch_size_is_matched_against_the_ddim_curve_of_any_batch_size():
+    records = ddim_and_method_records()
+    coupled = Cell.from_dict({**manual_cell("lazy-test", 20, args={"threshold": 0.5}).to_dict(), "batch_size": 16})
+    records[2] = fake_record(coupled, fid=12.0, macs=15.0, latency=1.25, speedup=1.6)
+    table = board(records)
+    row = table[table["method"] == "lazy-test"].iloc[0]
+    assert row["gain @MACs ↑"] == "3.00" and row["MACs-implied speedup"] == "1.33×"
+
+
 def test_matched_budget_is_empty_outside_the_measured_ddim_range():
     records = ddim_and_method_records()
     records[2]["metrics"]["macs"]["macs_linear_per_image"] = 5.0
