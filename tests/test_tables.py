@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.plots import pareto_front, suite_plots
+from harness.plots import pareto_figure, pareto_front, suite_plots
 from harness.store import RecordStore
 from harness.suite import Cell, Suite
 from harness.tables import (aggregate, leaderboard, paper_vs_measured, published_results, records_frame,
@@ -178,6 +178,25 @@ def test_pareto_plots_are_png_files_per_model_and_axis():
     files = suite_plots(aggregate(records_frame(ddim_and_method_records())), "fid", "t")
     assert sorted(files) == ["pareto-embedded-digits-8-8-latency.png", "pareto-embedded-digits-8-8-macs.png"]
     assert all(png.startswith(b"\x89PNG") for png in files.values())
+
+
+def test_pareto_plot_keeps_to_the_ddim_range_and_counts_the_settings_beyond_it():
+    records = ddim_and_method_records()  # DDIM FID 10..20
+    records.append(fake_record(manual_cell("lazy-test", 20, args={"threshold": 0.9}), fid=900.0, macs=12.0, latency=1.0))
+    fig = pareto_figure(aggregate(records_frame(records)), "macs", "fid", "t")
+    ax = fig.axes[0]
+    assert ax.get_ylim()[1] == pytest.approx(25.0) and ax.get_yscale() == "linear"
+    assert any(t.get_text() == "1 setting(s) off the chart" for t in ax.texts)
+
+
+def test_pareto_plot_gives_each_method_one_colour_and_one_legend_entry():
+    records = ddim_and_method_records()
+    records.append(fake_record(manual_cell("lazy-test", 20, args={"threshold": 0.7}), fid=14.0, macs=12.0, latency=1.0))
+    ax = pareto_figure(aggregate(records_frame(records)), "macs", "fid", "t").axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["ddim", "lazy-test", "Pareto front"]
+    method_lines = [line for line in ax.lines if line.get_marker() not in ("None", None, "")][1:3]
+    assert method_lines[0].get_color() == method_lines[1].get_color()
 
 
 # ---- paper vs measured -----------------------------------------------------------------------
