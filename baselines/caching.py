@@ -1,4 +1,4 @@
-"""What the caching methods share: a branch-output cache, static branch schedules, a branch history.
+"""What the caching methods share: a branch-output cache and static branch schedules.
 
 Every reuse method keeps, per block and branch, the ungated output of its last evaluation
 (`BranchCache`); the gate is always recomputed from the current conditioning, as in every
@@ -6,11 +6,11 @@ official DiT-derived implementation. Methods whose decisions are fixed before sa
 (Learning-to-Cache, FORA, LazyDiT's static variant) are `ScheduledBranchPolicy`s: a
 (steps, depth, 2) compute mask replayed for the whole batch, written into the decision log
 at `start` (so a dry run equals the real one) and never read back from the device.
-Extrapolating methods keep a `BranchHistory` of their last computed outputs.
+Extrapolating methods keep their own state: TaylorSeer's factors update recursively (the official
+operation order), AB-Cache combines whole model outputs.
 """
 from __future__ import annotations
 
-from collections import deque
 from typing import Callable
 
 import torch
@@ -38,22 +38,6 @@ class BranchCache:
     def __contains__(self, key: tuple[int, int]) -> bool:
         block, kind = key
         return self.outputs[block][kind] is not None
-
-
-class BranchHistory:
-    """The last `size` computed outputs of each (block, branch), with the step index each came from."""
-
-    def __init__(self, depth: int, size: int):
-        self.entries: list[list[deque[tuple[int, torch.Tensor]]]] = [
-            [deque(maxlen=size), deque(maxlen=size)] for _ in range(depth)]
-
-    def push(self, block: int, kind: int, step: int, output: torch.Tensor) -> None:
-        self.entries[block][kind].appendleft((step, output))
-
-    def __getitem__(self, key: tuple[int, int]) -> list[tuple[int, torch.Tensor]]:
-        """(step index, output) pairs, most recent first."""
-        block, kind = key
-        return list(self.entries[block][kind])
 
 
 class ScheduledBranchPolicy(Policy):

@@ -105,18 +105,14 @@ class TeaCachePolicy(Policy):
         self.acc = 0.0
         self.previous: torch.Tensor | None = None  # m of the previous step, real rows only
         self.residual: torch.Tensor | None = None  # h_out - h_in of the last computed step
-        self.checked = self.calibration is None
+        if self.calibration is not None:
+            check_identity(self.calibration, self.config.calibration, run.model_name, run.image_size, run.num_steps)
 
     def finish(self):
         self.previous = self.residual = None  # release the cached tensors
         return super().finish()
 
     def run_blocks(self, model, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        if not self.checked:
-            spec = getattr(model, "spec", None)
-            check_identity(self.calibration, self.config.calibration, getattr(spec, "name", type(model).__name__),
-                           getattr(spec, "image_size", None), self.run.num_steps)
-            self.checked = True
         if self.decide(model, x, c):
             h = super().run_blocks(model, x, c)
             self.residual = h - x
