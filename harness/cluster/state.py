@@ -27,7 +27,7 @@ from typing import Any
 from harness.cache import atomic_write_bytes
 from harness.store import suite_dir
 
-HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", "30"))
+HEARTBEAT_S = 30.0  # seconds between a running job's touches of its heartbeat file
 STALE_AFTER = 4  # heartbeats missed before a job on another host counts as dead
 SUBMITTED, STARTED, RECORD, FAILED = "submitted.json", "started.json", "record.json", "failed.json"
 DONE, QUEUED, RUNNING, FAILED_STATE, PENDING = "done", "queued", "running", "failed", "pending"
@@ -67,7 +67,16 @@ def process_alive(host: str | None, pid: int | None) -> bool | None:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """An ended process its parent has not reaped yet (Linux /proc; elsewhere assumed not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 @dataclass(frozen=True)
