@@ -27,7 +27,7 @@ class StatusRow:
         return self.status.state == FAILED_STATE
 
     def tail(self, lines: int) -> list[str]:
-        return log_tail(self.status.log, lines) if self.failed else []
+        return log_tail(self.status.logs, lines) if self.failed else []
 
 
 def suite_status(cells: list[Cell], suite: str, results_dir: str | os.PathLike) -> list[StatusRow]:

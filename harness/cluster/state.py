@@ -122,7 +122,7 @@ class CellStatus:
     state: str  # done, queued, running, failed, pending
     job_id: str | None = None
     detail: str = ""  # why it failed, or where it runs
-    log: Path | None = None  # the job's stderr
+    logs: tuple[Path, ...] = ()  # the job's stdout and stderr
 
 
 def cell_status(files: CellJobFiles, recorded: bool) -> CellStatus:
@@ -130,7 +130,7 @@ def cell_status(files: CellJobFiles, recorded: bool) -> CellStatus:
     submitted = files.read(SUBMITTED)
     if submitted is None:
         return CellStatus(DONE if recorded else PENDING)
-    job_id, log = submitted.get("job_id"), Path(submitted["stderr"]) if submitted.get("stderr") else None
+    job_id, log = submitted.get("job_id"), tuple(Path(submitted[k]) for k in ("stdout", "stderr") if submitted.get(k))
     if files.read(RECORD) is not None:
         return CellStatus(DONE, job_id, "finished, not merged yet", log)
     failed = files.read(FAILED)
@@ -168,12 +168,15 @@ def _job_ended(submitted: dict[str, Any]) -> bool:
     return False
 
 
-def log_tail(path: Path | None, lines: int = 5) -> list[str]:
-    """The last `lines` lines of a job's log (none when it does not exist yet)."""
-    if path is None or not path.is_file():
-        return []
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, fh.tell() - 16384))
-        text = fh.read().decode(errors="replace")
-    return [line for line in text.splitlines() if line.strip()][-lines:]
+def log_tail(paths: tuple[Path, ...], lines: int = 5) -> list[str]:
+    """The last `lines` lines of each of a job's logs (stdout, then stderr), named by the file they come from."""
+    out = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode(errors="replace")
+        out += [f"{path.name}: {line}" for line in text.splitlines() if line.strip()][-lines:]
+    return out

@@ -145,7 +145,7 @@ def outcome(cells: list[Cell], suite: str, results_dir: str | os.PathLike) -> tu
         if status.state == DONE:
             recorded += 1
         elif status.state == FAILED_STATE:
-            failed.append((cell.cell_id(), f"{status.detail} (job {status.job_id}; log {status.log})"))
+            failed.append((cell.cell_id(), f"{status.detail} (job {status.job_id}; logs: {', '.join(map(str, status.logs))})"))
         else:
             active += 1
     return recorded, failed, active

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         if args.json:
             print(json.dumps({"cell_id": row.cell_id, "state": row.status.state, "job_id": row.status.job_id,
-                              "detail": row.status.detail, "log": str(row.status.log) if row.status.log else None,
+                              "detail": row.status.detail, "logs": [str(p) for p in row.status.logs],
                               "log_tail": row.tail(args.lines)}))
             continue
         job = f" job {row.status.job_id}" if row.status.job_id else ""
