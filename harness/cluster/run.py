@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cluster.config import SlurmConfig
+from harness.cell_files import check_cells
 from harness.cluster.merge import merge_finished
 from harness.cluster.state import CellJobFiles
 from harness.cluster.submit import active_job, outcome, shared_fields, submit_cells, wait_for
@@ -33,21 +33,20 @@ def run_suite_as_jobs(suite: Suite, results_dir: str | os.PathLike, executor: st
         overrides: `SlurmConfig` fields given on the command line (None: the suite's `[slurm]` value).
     """
     config = suite.slurm.with_overrides(overrides or {})
+    base_dir = base_dir if base_dir is not None or suite_file is None else Path(suite_file).parent
     merge_finished(results_dir, suite.name)
     store = RecordStore.for_suite(results_dir, suite.name)
     cells = select_cells(suite.cells(), only)
     if not cells:
         raise ValueError(f"--only {only!r} selects none of the suite's {len(suite.cells())} cells")
-    todo = cells_to_run(cells, store, resume, base_dir or (suite_file.parent if suite_file else None))
+    todo = cells_to_run(cells, store, resume, base_dir)
     todo = _not_active(todo, suite.name, results_dir)
     summary = RunSummary(records_path=store.path, skipped=len(cells) - len(todo))
     if not todo:
         return summary
     store._prepare()  # fail on an unwritable folder before any job starts
-    from harness.cell_files import check_cells
-
+    check_cells(todo, base_dir)
     shared = shared_fields(suite_file, command, base_dir)
-    check_cells(todo, Path(shared["base_dir"]) if shared["base_dir"] else None)
     jobs = submit_cells(todo, suite.name, results_dir, executor, config, shared)
     print(f"{suite.name}: submitted {len(todo)} cell(s) as {len(jobs)} {executor} job(s): "
           f"{', '.join(str(job.job_id) for job in jobs)}", file=sys.stderr)

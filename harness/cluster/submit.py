@@ -152,7 +152,7 @@ def outcome(cells: list[Cell], suite: str, results_dir: str | os.PathLike) -> tu
 
 
 def shared_fields(suite_file: Path | None, command: str | None, base_dir: Path | None) -> dict[str, Any]:
-    """The JobSpec fields every job of a run shares."""
+    """The JobSpec fields every job of a run shares (base_dir defaults to the suite file's folder)."""
     from harness.provenance import sha256_file
 
     base_dir = base_dir if base_dir is not None or suite_file is None else Path(suite_file).parent

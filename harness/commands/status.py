@@ -11,6 +11,8 @@ EPILOG = """examples:
   python -m harness status smoke                       # one line per cell; failed ones with their log's last lines
   python -m harness status smoke --only method=ddim --json
   python -m harness status smoke --retry-failed        # submit failed cells again, with their earlier resources
+
+exit status: 1 when a cell failed (and was not resubmitted), else 0
 """
 
 
