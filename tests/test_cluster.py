@@ -193,11 +193,12 @@ def test_job_killed_mid_cell_keeps_finished_cells_reports_the_rest_and_resume_re
 
     assert main(["status", str(path), "--results-dir", str(results)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("done     embedded/digits-8@native/ddim()/steps=2/")
+    assert out[0].startswith("done     embedded/digits-8@native/ddim()/steps=2/") and " job " in out[0]
     assert out[1].startswith("failed   embedded/digits-8@native/ddim()/steps=20/") and "killed mid-cell" in out[1]
     assert any("the job ended before the cell started" in line for line in out)
     assert any(line.startswith("         | ") for line in out)  # the job log's last lines
     assert merge_finished(results, "jobs") == 1
+    assert suite_status(suite.cells(), "jobs", results)[0].status.job_id is not None  # merged: from its record
     kept = RecordStore.for_suite(results, "jobs").path.read_bytes()
 
     summary = run_suite_as_jobs(suite, results, "local", resume=True, overrides={"cells_per_job": 3})

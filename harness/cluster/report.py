@@ -1,13 +1,14 @@
 """What `harness status` shows and does: each cell's state from files, and resubmitting failed cells."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.cluster.config import SlurmConfig
-from harness.cluster.state import FAILED_STATE, SUBMITTED, CellJobFiles, CellStatus, cell_status, log_tail
+from harness.cluster.state import DONE, FAILED_STATE, SUBMITTED, CellJobFiles, CellStatus, cell_status, log_tail
 from harness.cluster.submit import shared_fields, submit_cells
 from harness.store import RecordStore
 from harness.suite import Cell, from_dict
@@ -33,9 +34,15 @@ class StatusRow:
 def suite_status(cells: list[Cell], suite: str, results_dir: str | os.PathLike) -> list[StatusRow]:
     """Each cell's state: its job folder first, else whether records.jsonl holds a record of it."""
     store = RecordStore.for_suite(results_dir, suite)
-    recorded = set(store.latest(store.read()))
-    return [StatusRow(cell, cell_status(CellJobFiles.of(results_dir, suite, cell.config_hash()),
-                                        cell.config_hash() in recorded)) for cell in cells]
+    recorded = store.latest(store.read())
+    rows = []
+    for cell in cells:
+        record = recorded.get(cell.config_hash())
+        status = cell_status(CellJobFiles.of(results_dir, suite, cell.config_hash()), record is not None)
+        if status.state == DONE and status.job_id is None and record is not None:  # merged: the record names its job
+            status = dataclasses.replace(status, job_id=record["provenance"].get("job", {}).get("job_id"))
+        rows.append(StatusRow(cell, status))
+    return rows
 
 
 def retry_failed(cells: list[Cell], suite: str, results_dir: str | os.PathLike, suite_file: Path | None,
