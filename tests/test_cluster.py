@@ -180,6 +180,25 @@ def test_a_failing_cell_is_written_down_and_the_job_goes_on(tmp_path, monkeypatc
     assert cell_status(spec.files(first), False).detail == "RuntimeError: disk full"
 
 
+def test_a_cell_already_queued_is_not_submitted_again(tmp_path, capsys):
+    suite = load_suite(digits_suite(tmp_path, steps="[2]"))
+    files = CellJobFiles.of(tmp_path, "jobs", suite.cells()[0].config_hash())
+    files.mark_submitted({"executor": "local", "job_id": "42", "job_pid": os.getpid()})  # a live local job
+    summary = run_suite_as_jobs(suite, tmp_path, "local")
+    assert (summary.ran, summary.skipped, summary.queued) == (0, 1, 0)
+    assert "already queued or running as job 42" in capsys.readouterr().err
+
+
+def test_a_preempted_job_is_requeued_with_the_cells_that_have_no_record_yet(tmp_path):
+    done, in_flight, waiting = load_suite(digits_suite(tmp_path, steps="[2, 3, 4]")).cells()
+    spec = JobSpec(suite="jobs", results_dir=str(tmp_path), cells=(done, in_flight, waiting))
+    for cell in spec.cells:
+        spec.files(cell).mark_submitted({"executor": "slurm", "job_id": "9_0"})
+    spec.files(done).write_record(fake_record(done.config_hash(), 1.0))
+    requeued = CellJob().checkpoint(spec)
+    assert isinstance(requeued.function, CellJob) and requeued.args[0].cells == (in_flight, waiting)
+
+
 def test_job_killed_mid_cell_keeps_finished_cells_reports_the_rest_and_resume_reruns_them(tmp_path, capsys):
     path = digits_suite(tmp_path, steps="[2, 20, 3]", metrics='["macs"]')
     suite = load_suite(path)
