@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import socket
 import threading
@@ -34,6 +35,7 @@ class JobSpec:
     command: str | None = None
     suite_sha256: str | None = None
     ranks: int = 1  # > 1: each cell's images are sharded across the job's tasks
+    timeout_min: int = 120  # the job's time limit
 
     def files(self, cell: Cell) -> CellJobFiles:
         return CellJobFiles.of(self.results_dir, self.suite, cell.config_hash())
@@ -63,20 +65,27 @@ def heartbeat(path: Path, interval_s: float = HEARTBEAT_S) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def job_ranks(ranks: int) -> Iterator[tuple[int, int]]:
-    """(rank, world size) of this task; with ranks > 1 a process group over the job's tasks for the block."""
+def job_ranks(ranks: int, timeout_min: int) -> Iterator[tuple[int, int]]:
+    """(rank, world size) of this task; with ranks > 1 a process group over the job's tasks for the block.
+
+    The group's timeout is the job's time limit: while rank 0 measures a cell alone (FID of 50,000
+    images takes a while) the other ranks wait in the next cell's gather, longer than the default allows.
+    """
     if ranks == 1:
         yield 0, 1
         return
-    from harness.sharded import torchrun_group
+    import torch
+    import torch.distributed as dist
 
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    with torchrun_group() as (rank, world):
-        import torch
-
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=dt.timedelta(minutes=timeout_min))
+    try:
         if torch.cuda.is_available():  # one GPU per rank: a cell's "cuda" is this rank's device
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        yield rank, world
+            torch.cuda.set_device(env.local_rank)
+        yield env.rank, env.world_size
+        dist.barrier()  # a rank that leaves while its peers still talk aborts them
+    finally:
+        dist.destroy_process_group()
 
 
 class CellJob(submitit.helpers.Checkpointable):
@@ -87,7 +96,7 @@ class CellJob(submitit.helpers.Checkpointable):
         from harness.runner import RunContext
 
         failed: list[tuple[str, str]] = []
-        with job_ranks(spec.ranks) as (rank, world):
+        with job_ranks(spec.ranks, spec.timeout_min) as (rank, world):
             ctx = RunContext(base_dir=Path(spec.base_dir) if spec.base_dir else None,
                              results_dir=Path(spec.results_dir), command=spec.command,
                              suite_sha256=spec.suite_sha256, sample_images=sample_cell_sharded if world > 1 else None)

@@ -88,7 +88,8 @@ def submit_cells(cells: list[Cell], suite: str, results_dir: str | os.PathLike, 
     jobs = []
     for ranks, gpus, group in _grouped(cells, config):
         executor.update_parameters(**executor_parameters(kind, config, ranks, gpus, f"harness-{suite}"))
-        specs = [JobSpec(suite=suite, results_dir=results_dir, cells=tuple(chunk), ranks=ranks, **shared)
+        specs = [JobSpec(suite=suite, results_dir=results_dir, cells=tuple(chunk), ranks=ranks,
+                         timeout_min=config.timeout_min, **shared)
                  for chunk in group]
         settings = {"executor": kind, "settings": dataclasses.asdict(config)}
         for spec in specs:
