@@ -188,6 +188,8 @@ class RunContext:
     suite_sha256: str | None = None  # of the suite file
     models: dict[tuple, nn.Module] = field(default_factory=dict)
     references: dict[tuple, SampleOutput] = field(default_factory=dict)
+    # how a cell's images are sampled: `sample_cell`, or e.g. sharded across ranks (harness.cluster.shards)
+    sample_images: Callable[..., SampleOutput] | None = None
 
     def model(self, cell: Cell) -> nn.Module:
         key = (cell.model, cell.resolution, cell.checkpoint, cell.random_init)
@@ -230,7 +232,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     wall = time.perf_counter()
     decode = cell.measures("quality") or cell.measures("fidelity")  # cost-only cells need no VAE
     with memory_metrics(cell.device) as memory:
-        out = sample_cell(model, cell, policy, decode=decode)
+        out = (ctx.sample_images or sample_cell)(model, cell, policy, decode=decode)
     laziness = {**out.decisions.laziness(), **({"target": policy.target_ratio} if policy.target_ratio is not None else {})}
     metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": laziness,
                **({"memory": memory} if cell.measures("memory") else {}), **measure(cell, ctx, model, policy, out)}
@@ -300,6 +302,7 @@ class RunSummary:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     records_path: Path | None = None
+    queued: int = 0  # cells left to jobs that are still queued or running (harness.cluster)
 
     @property
     def ok(self) -> bool:
@@ -322,6 +325,21 @@ def select_cells(cells: list[Cell], only: str | None) -> list[Cell]:
         return fnmatch.fnmatchcase(str(getattr(cell, key)), pattern)
 
     return [c for c in cells if all(matches(c, t) for t in terms)]
+
+
+def cells_to_run(cells: list[Cell], store: RecordStore, resume: bool, base_dir: Path | None) -> list[Cell]:
+    """The cells to run: all, or with `resume` those without a record measured with the same files."""
+    done = store.latest(store.read()) if resume else {}
+    todo = []
+    for cell in cells:
+        record = done.get(cell.config_hash())
+        changed = inputs_changed(cell, record, base_dir) if record is not None else None
+        if changed == []:
+            continue
+        if changed:
+            print(f"re-running {cell.cell_id()}: {', '.join(changed)} changed since its record", file=sys.stderr)
+        todo.append(cell)
+    return todo
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, only: str | None = None, resume: bool = False,
@@ -350,18 +368,9 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, only: str | None = N
     cells = select_cells(suite.cells(), only)
     if not cells:
         raise ValueError(f"--only {only!r} selects none of the suite's {len(suite.cells())} cells")
-    done = store.latest(store.read()) if resume else {}
     summary = RunSummary(records_path=store.path)
-    todo = []
-    for cell in cells:
-        record = done.get(cell.config_hash())
-        changed = inputs_changed(cell, record, base_dir) if record is not None else None
-        if changed == []:
-            summary.skipped += 1
-            continue
-        if changed:
-            print(f"re-running {cell.cell_id()}: {', '.join(changed)} changed since its record", file=sys.stderr)
-        todo.append(cell)
+    todo = cells_to_run(cells, store, resume, base_dir)
+    summary.skipped = len(cells) - len(todo)
     store._prepare()  # fail on an unwritable folder before any work
     check_cells(todo, base_dir)
     ctx = RunContext(base_dir=base_dir, results_dir=Path(results_dir), command=command or shlex.join(sys.argv),

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from harness.cache import content_hash
+from harness.cluster.config import SlurmConfig
 
 SCHEMA_VERSION = 1
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -184,6 +185,7 @@ class Suite:
     paper_sources: tuple[str, ...] = ()  # rows of published_results.csv this suite reproduces
     latency: LatencyConfig = LatencyConfig()
     check: CheckConfig = CheckConfig()
+    slurm: SlurmConfig = SlurmConfig()  # job resources for `harness run --executor slurm` (flags override)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Suite":
@@ -238,6 +240,10 @@ class Suite:
         except ValueError as err:
             raise SpecError(f"latency.{err}") from None
         self._check_values()
+        try:
+            self.slurm.validate()
+        except ValueError as err:
+            raise SpecError(str(err)) from None
         for key in ("devices", "dtypes", "batch_sizes", "samplers", "etas", "metrics"):
             _require(getattr(self, key), key, "at least one value")
         cells = self.cells()

@@ -6,12 +6,15 @@ import sys
 import time
 
 from harness.commands import example_formatter
+from harness.commands.cluster_options import add_executor_arguments, slurm_overrides
 
 EPILOG = """examples:
   python -m harness run smoke                                   # results/smoke/records.jsonl + tables + plots
   python -m harness run smoke --resume                          # skip cells already recorded
   python -m harness run smoke --only method=ddim,steps=10       # a subset: key=glob terms on cell fields
   python -m harness run my_suite.toml --results-dir /tmp/results
+  python -m harness run smoke --executor local --resume        # cells as subprocess jobs (submitit)
+  python -m harness run my_suite.toml --executor slurm --partition gpu --account lab --qos normal --no-wait
 """
 
 
@@ -25,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="skip cells whose config hash already has a record")
     p.add_argument("--no-tables", action="store_true", help="do not regenerate tables and plots afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -34,11 +38,22 @@ def run(args: argparse.Namespace) -> int:
     from harness.tables import write_reports
 
     suite = load_suite(args.suite)
+    if args.executor == "inline" and (slurm_overrides(args) or args.no_wait):
+        given = ", ".join(["--no-wait"] * args.no_wait + [f"--{k.replace('_', '-')}" for k in slurm_overrides(args)])
+        raise ValueError(f"{given} only apply to jobs; add --executor local or --executor slurm")
     start = time.perf_counter()
-    summary = run_suite(suite, args.results_dir, only=args.only, resume=args.resume, progress=not args.quiet,
-                        suite_file=suite_path(args.suite), command=args.command_line)
+    if args.executor == "inline":
+        summary = run_suite(suite, args.results_dir, only=args.only, resume=args.resume, progress=not args.quiet,
+                            suite_file=suite_path(args.suite), command=args.command_line)
+    else:
+        from harness.cluster.run import run_suite_as_jobs
+
+        summary = run_suite_as_jobs(suite, args.results_dir, args.executor, only=args.only, resume=args.resume,
+                                    wait=not args.no_wait, overrides=slurm_overrides(args),
+                                    suite_file=suite_path(args.suite), command=args.command_line)
     wall = time.perf_counter() - start
-    print(f"{suite.name}: {summary.ran} cell(s) run, {summary.skipped} skipped, {len(summary.failed)} failed "
+    queued = f", {summary.queued} queued or running (harness status {args.suite})" if summary.queued else ""
+    print(f"{suite.name}: {summary.ran} cell(s) run, {summary.skipped} skipped, {len(summary.failed)} failed{queued} "
           f"in {wall:.1f} s; records: {summary.records_path}")
     if not args.no_tables and summary.records_path.is_file():
         for path in write_reports(suite, args.results_dir):

@@ -30,6 +30,16 @@ def run(args: argparse.Namespace) -> int:
         measured = aggregate(records_frame(current_records(suite, args.results_dir)))
         print(suite_tables(suite, measured)["leaderboard.md"], end="")
         return 0
+    merge_job_records(suite.name, args.results_dir)
     for path in write_reports(suite, args.results_dir):
         print(f"wrote {path}")
     return 0
+
+
+def merge_job_records(suite: str, results_dir: str) -> None:
+    """Folds records that finished jobs left (harness run --executor local/slurm) into records.jsonl."""
+    from harness.cluster.merge import merge_finished
+
+    added = merge_finished(results_dir, suite)
+    if added:
+        print(f"merged {added} finished job record(s) into {results_dir}/{suite}/records.jsonl")
