@@ -104,7 +104,7 @@ def _with_compiled_children(module: nn.Module, compile_mode: str, backend: str) 
     twin._modules = dict(module._modules)
     options = {"backend": backend, **({} if compile_mode == "default" else {"mode": compile_mode})}
     for name, child in module._modules.items():
-        if child is not None and any(True for _ in child.parameters()):
+        if child is not None and not isinstance(child, nn.ModuleList) and any(True for _ in child.parameters()):
             twin._modules[name] = torch.compile(child, **options)
     return twin
 

@@ -54,7 +54,7 @@ def test_unknown_method_argument_lists_the_methods_parameters():
 
 
 @pytest.mark.parametrize("key, value, accepted", [
-    ("dtypes", ["fp8"], "float32, bfloat16, float16"),
+    ("dtypes", ["fp8"], "float32, tf32, bfloat16, float16"),
     ("metrics", ["vibes"], "quality, fidelity, macs, latency, memory"),
     ("devices", ["tpu"], "cpu, cuda, mps"),
 ])
