@@ -164,8 +164,10 @@ def evaluator_provenance(cell: Cell, model: nn.Module) -> dict[str, Any]:
 def load_cell_model(cell: Cell, base_dir: Path | None) -> nn.Module:
     """The cell's model: random init, a checkpoint (path relative to the suite file or cwd), or embedded."""
     size = {"image_size": cell.resolution} if cell.resolution is not None else {}
-    if cell.random_init:
-        model = build_model(cell.model, **size)
+    if cell.random_init:  # adaLN-Zero perturbed: every block has a residual, as in a trained model
+        from harness.models.random_weights import perturb_zero_linears
+
+        model = perturb_zero_linears(build_model(cell.model, **size))
     elif cell.checkpoint:
         model = load_model(cell.model, resolve_path(cell.checkpoint, base_dir), image_size=cell.resolution)
     else:

@@ -177,7 +177,7 @@ class Suite:
     batch_sizes: tuple[int, ...] = (64,)
     samplers: tuple[str, ...] = ("ddim",)  # "ddim" and / or "ddpm"
     etas: tuple[float, ...] = (0.0,)  # DDIM's eta (0: deterministic); DDPM cells take none (one cell, eta 0)
-    num_samples: int = 256
+    num_samples: int | str = 256  # images per cell; "batch": one batch of the cell's size (cost-only suites)
     cfg_scale: float = 1.5  # >= 1; 1 turns guidance off
     metrics: tuple[str, ...] = METRIC_GROUPS
     primary_metric: str = "fid"  # the quality column of matched-budget comparisons and Pareto plots
@@ -234,7 +234,9 @@ class Suite:
         _check_choices(self.dtypes, DTYPES, "dtypes")
         _check_choices(self.metrics, METRIC_GROUPS, "metrics")
         batch_sizes = [*self.batch_sizes, *(b for m in self.methods for b in m.batch_sizes)]
-        if self.num_samples < 1 or any(b < 1 for b in batch_sizes) or self.latency.batch < 1:
+        if self.num_samples != "batch" and (isinstance(self.num_samples, str) or self.num_samples < 1):
+            raise SpecError(f"num_samples = {self.num_samples!r}; accepted: a positive integer or 'batch'")
+        if any(b < 1 for b in batch_sizes) or self.latency.batch < 1:
             raise SpecError("num_samples, batch_sizes and latency.batch must be positive integers")
         try:
             check_protocol(self.latency.warmup, self.latency.repeats)
@@ -317,7 +319,8 @@ class Suite:
                             reference=fill(model.reference, values),
                             steps=steps, method=method.name,
                             method_args={k: fill(v, values) for k, v in args.items()},
-                            device=device, dtype=dtype, batch_size=batch, num_samples=self.num_samples,
+                            device=device, dtype=dtype, batch_size=batch,
+                            num_samples=batch if self.num_samples == "batch" else self.num_samples,
                             cfg_scale=self.cfg_scale, seed=seed, seed_index=i, metrics=self.metrics,
                             latency=self.latency, sampler=sampler, eta=eta, mode=mode, threads=threads,
                             compile_backend=self.compile_backend if mode.startswith("compile") else None,

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from harness.tables import write_reports
 
     suite = load_suite(args.suite)
+    for line in suite.refusals():  # modes a method cannot run in: not expanded into cells
+        print(line, file=sys.stderr)
     start = time.perf_counter()
     summary = run_suite(suite, args.results_dir, only=args.only, resume=args.resume, progress=not args.quiet,
                         suite_file=suite_path(args.suite), command=args.command_line)
