@@ -242,7 +242,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     model = ctx.model(cell)
     args = resolve_args(cell.method_args, ctx.base_dir)
     policy = create_policy(cell.method, args)
-    with cell_settings(cell.dtype, cell.threads) as execution:  # TF32 and threads for this cell only
+    with cell_settings(cell.dtype, cell.threads, cell.device) as execution:  # TF32 and threads for this cell only
         net = ctx.runnable(cell, model)
         wall = time.perf_counter()
         decode = cell.measures("quality") or cell.measures("fidelity")  # cost-only cells need no VAE

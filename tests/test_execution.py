@@ -141,3 +141,25 @@ def test_runner_records_mode_threads_and_precision_per_cell(tmp_path):
         assert execution["host_syncs"] == 0
     assert {r["metrics"]["execution"]["compile_backend"] for r in records} == {None, "eager"}
     assert TINY in records[0]["cell_id"]
+
+
+# ---- records: tables and provenance ----------------------------------------------------------
+
+def test_table_rows_of_other_modes_and_thread_counts_are_their_own_setup():
+    from harness.tables import device_label
+
+    assert device_label({"device": "cuda"}) == "cuda"  # records from before the axes: unchanged labels
+    assert device_label({"device": "cuda", "mode": "compile:reduce-overhead", "threads": None}) == "cuda/compile:reduce-overhead"
+    assert device_label({"device": "cpu", "mode": "eager", "threads": 2}) == "cpu/threads=2"
+
+
+def test_gpu_clocks_come_from_nvidia_smi_and_are_none_without_it(tmp_path, monkeypatch):
+    from harness.provenance import CLOCK_FIELDS, nvidia_clocks
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert nvidia_clocks(0) is None
+    fake = tmp_path / "nvidia-smi"  # the narrowest stand-in: the tool's CSV answer
+    fake.write_text("#!/bin/sh\necho '1980 MHz, 1980 MHz, 2619 MHz, 2619 MHz, 700.00 W, Enabled'\n")
+    fake.chmod(0o755)
+    clocks = nvidia_clocks(0)
+    assert list(clocks) == list(CLOCK_FIELDS) and clocks["clocks.sm"] == "1980 MHz" and clocks["persistence_mode"] == "Enabled"
