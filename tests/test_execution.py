@@ -119,6 +119,17 @@ def test_compiled_twin_shares_parameters_and_leaves_the_model_eager():
                            sample(model, method=method, method_args=args, **kwargs).latents)
 
 
+def test_large_dit_blocks_compile_too(one_thread):
+    from test_large_dit import tiny
+
+    model = tiny().eval()
+    twin = compiled_model(model, backend="eager")
+    assert type(twin.layers[0].attention).__name__ == "OptimizedModule"
+    kwargs = dict(class_labels=[0, 1], seeds=[0, 1], steps=2, cfg_scale=1.5, decode=False)
+    for method in ("ddim", "toca"):  # ToCa reads attention probabilities through the compiled module
+        assert torch.equal(sample(twin, method=method, **kwargs).latents, sample(model, method=method, **kwargs).latents)
+
+
 def test_inductor_compiled_sampling_matches_eager_on_cpu():
     model = build_tiny().eval()
     kwargs = dict(class_labels=[0, 1], seeds=[0, 1], steps=2, cfg_scale=1.5, decode=False)
