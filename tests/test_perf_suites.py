@@ -8,7 +8,7 @@ import torch
 from harness import build_model
 from harness.methods import METHODS
 from harness.models.random_weights import perturb_zero_linears
-from harness.suite import load_suite
+from harness.suite import SpecError, load_suite
 from lazydit.perf_schedules import PAPER_LEVELS, PERF_DIR, schedule_name, spread_schedule
 from lazydit.static import read_schedule_file
 from test_runner import tiny_suite
@@ -59,6 +59,11 @@ def test_shipped_perf_schedule_is_the_regenerated_one(depth, steps, ratio):
 def test_num_samples_batch_makes_each_cell_sample_one_batch_of_its_size():
     suite = tiny_suite(num_samples="batch", batch_sizes=[1, 3], steps=[2])
     assert sorted((c.batch_size, c.num_samples) for c in suite.cells()) == [(1, 1), (3, 3)]
+
+
+def test_num_samples_other_than_a_count_or_batch_is_named():
+    with pytest.raises(SpecError, match=r"num_samples = 'many'; accepted: a positive integer or 'batch'"):
+        tiny_suite(num_samples="many")
 
 
 def test_random_weights_get_residuals_where_adaln_zero_left_none():
