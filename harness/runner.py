@@ -214,7 +214,7 @@ class RunContext:
 
 def reference_key(cell: Cell) -> tuple:
     return (cell.model, cell.resolution, cell.checkpoint, cell.random_init, str(cell.steps), cell.seed,
-            cell.num_samples, cell.cfg_scale, cell.sampler, cell.eta, cell.device, cell.dtype)
+            cell.num_samples, cell.cfg_scale, cell.sampler, cell.eta, cell.device, cell.dtype, cell.mode)
 
 
 def cell_sampling(model: nn.Module, cell: Cell, n: int | None = None, decode: bool = True) -> dict[str, Any]:
