@@ -41,6 +41,7 @@ class FBCachePolicy(Policy):
     code: ClassVar[str] = "https://github.com/chengzeyi/ParaAttention"
     faithfulness: ClassVar[str] = "follows ParaAttention's first_block_cache (no official DiT code)"
     batch_coupled: ClassVar[bool] = True
+    static_schedule: ClassVar[bool] = False  # whether a step is computed depends on a statistic read on the host
 
     def __init__(self, config: "FBCachePolicy.Config | None" = None):
         super().__init__(config)

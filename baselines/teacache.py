@@ -77,6 +77,7 @@ class TeaCachePolicy(Policy):
     code: ClassVar[str] = "https://github.com/ali-vilab/TeaCache"
     faithfulness: ClassVar[str] = "adaptation: no official DiT code; follows the batched-CFG Latte / Open-Sora code"
     batch_coupled: ClassVar[bool] = True
+    static_schedule: ClassVar[bool] = False  # whether a step is computed depends on a statistic read on the host
 
     def __init__(self, config: "TeaCachePolicy.Config | None" = None):
         super().__init__(config)

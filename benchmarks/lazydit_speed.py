@@ -32,6 +32,7 @@ from harness import build_model, load_model, sample
 from harness.cost.latency import compare_latency, compiled, pin_cpu_allocator, speedups
 from harness.cost.macs import MACS_ALL, MACS_ALL_FULL, cost_table, macs_from_log
 from harness.methods import Policy
+from harness.models.random_weights import perturb_zero_linears
 from lazydit.accounting import laziness
 from lazydit.layers import LazyLayers
 from lazydit.policy import LazyDiTPolicy
@@ -60,12 +61,7 @@ def bench_model(name: str, checkpoint: str | None, image_size: int | None, seed:
 def _random(name: str, image_size: int | None, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(name, image_size=image_size) if image_size else build_model(name)
-    with torch.no_grad():
-        for block in model.blocks:
-            nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.02)
-        nn.init.normal_(model.final_layer.linear.weight, std=0.02)
-        nn.init.normal_(model.final_layer.adaLN_modulation[-1].weight, std=0.02)
-    return model.eval()
+    return perturb_zero_linears(model, seed=seed).eval()
 
 
 class BranchInputMeans(Policy):

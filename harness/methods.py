@@ -223,6 +223,9 @@ class Policy:
     faithfulness: ClassVar[str] = "unlabelled"
     # Decisions from a statistic pooled over the batch's real rows: they depend on which images share a batch.
     batch_coupled: ClassVar[bool] = False
+    # Decisions fixed before sampling (no host read): each step is a fixed kernel sequence, which a CUDA
+    # graph can replay (`harness.execution`). A method deciding from the data sets it False.
+    static_schedule: ClassVar[bool] = True
     target_ratio: float | None = None  # the lazy ratio the method's settings were calibrated for, if any
 
     def __init__(self, config: "Policy.Config | None" = None):

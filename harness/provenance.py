@@ -157,7 +157,8 @@ def device_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         index = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         info.update(device_name=props.name, device_memory_bytes=props.total_memory,
-                    compute_capability=f"{props.major}.{props.minor}", driver=_nvidia_driver())
+                    compute_capability=f"{props.major}.{props.minor}", driver=_nvidia_driver(),
+                    clocks=nvidia_clocks(index))
     else:
         info["device_name"] = info["cpu"]
     return info
@@ -200,3 +201,18 @@ def collect_provenance(config: Any = None, files: Mapping[str, str | os.PathLike
         "files_sha256": file_hashes(files or {}),
         **device_info(device),
     }
+
+
+CLOCK_FIELDS = ("clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem", "power.limit", "persistence_mode")
+
+
+def nvidia_clocks(index: int) -> dict[str, str] | None:
+    """Current and maximum SM / memory clocks, power limit and persistence mode of GPU `index` (nvidia-smi);
+    None where nvidia-smi is missing. Read when the cell's provenance is collected (after its timed runs)."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(CLOCK_FIELDS)}",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    values = [v.strip() for v in out.stdout.strip().split(",")] if out.returncode == 0 else []
+    return dict(zip(CLOCK_FIELDS, values)) if len(values) == len(CLOCK_FIELDS) else None

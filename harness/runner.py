@@ -31,6 +31,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from harness.cell_files import check_cells, input_files, inputs_changed, relative_args, resolve_args, resolve_path
+from harness.execution import ExecutionMode, cell_settings, compiled_model, torch_dtype
 from harness.methods import DecisionLog, Policy, create_policy
 from harness.models import build_model, load_model
 from harness.registry import Registry
@@ -93,7 +94,7 @@ def fidelity_metrics(out: SampleOutput, model: nn.Module, cell: Cell, same_run: 
     else:
         reference = full_compute_reference(model, cell.class_labels(model.spec.num_classes), cell.image_seeds(),
                                            cell.steps, cell.cfg_scale, decode=out.images is not None,
-                                           device=cell.device, dtype=getattr(torch, cell.dtype), batch_size=cell.batch_size,
+                                           device=cell.device, dtype=torch_dtype(cell.dtype), batch_size=cell.batch_size,
                                            sampler=cell.sampler, eta=cell.eta)
     return compute_fidelity_metrics(out.images, out.latents, reference)
 
@@ -120,7 +121,7 @@ def latency_metrics(run_method: Callable[[], Any], run_ddim: Callable[[], Any] |
 
     fns = {"method": run_method, **({"ddim": run_ddim} if run_ddim else {})}
     scope = "end_to_end" if cell.latency.decode else "sampler"
-    lats = compare_latency(fns, cell.device, cell.latency.warmup, cell.latency.repeats, scope, "eager")
+    lats = compare_latency(fns, cell.device, cell.latency.warmup, cell.latency.repeats, scope, cell.mode)
     out = {**lats["method"].to_dict(), "speedup": 1.0}
     if run_ddim:
         out["ddim"] = lats["ddim"].to_dict()
@@ -163,8 +164,10 @@ def evaluator_provenance(cell: Cell, model: nn.Module) -> dict[str, Any]:
 def load_cell_model(cell: Cell, base_dir: Path | None) -> nn.Module:
     """The cell's model: random init, a checkpoint (path relative to the suite file or cwd), or embedded."""
     size = {"image_size": cell.resolution} if cell.resolution is not None else {}
-    if cell.random_init:
-        model = build_model(cell.model, **size)
+    if cell.random_init:  # adaLN-Zero perturbed: every block has a residual, as in a trained model
+        from harness.models.random_weights import perturb_zero_linears
+
+        model = perturb_zero_linears(build_model(cell.model, **size))
     elif cell.checkpoint:
         model = load_model(cell.model, resolve_path(cell.checkpoint, base_dir), image_size=cell.resolution)
     else:
@@ -190,6 +193,7 @@ class RunContext:
     references: dict[tuple, SampleOutput] = field(default_factory=dict)
     # how a cell's images are sampled: `sample_cell`, or e.g. sharded across ranks (harness.cluster.shards)
     sample_images: Callable[..., SampleOutput] | None = None
+    compiled: dict[tuple, nn.Module] = field(default_factory=dict)
 
     def model(self, cell: Cell) -> nn.Module:
         key = (cell.model, cell.resolution, cell.checkpoint, cell.random_init)
@@ -198,10 +202,21 @@ class RunContext:
             self.models[key] = load_cell_model(cell, self.base_dir)
         return self.models[key]
 
+    def runnable(self, cell: Cell, model: nn.Module) -> nn.Module:
+        """What the cell samples with: the model, or its regionally compiled twin (built once per run) in a
+        "compile" mode (graphs are captured per call, in `measure`)."""
+        mode = ExecutionMode.parse(cell.mode)
+        if mode.kind != "compile":
+            return model
+        key = (id(model), mode.compile_mode, cell.compile_backend)
+        if key not in self.compiled:
+            self.compiled[key] = compiled_model(model, mode.compile_mode, cell.compile_backend or "inductor")
+        return self.compiled[key]
+
 
 def reference_key(cell: Cell) -> tuple:
     return (cell.model, cell.resolution, cell.checkpoint, cell.random_init, str(cell.steps), cell.seed,
-            cell.num_samples, cell.cfg_scale, cell.sampler, cell.eta, cell.device, cell.dtype)
+            cell.num_samples, cell.cfg_scale, cell.sampler, cell.eta, cell.device, cell.dtype, cell.mode)
 
 
 def cell_sampling(model: nn.Module, cell: Cell, n: int | None = None, decode: bool = True) -> dict[str, Any]:
@@ -209,7 +224,7 @@ def cell_sampling(model: nn.Module, cell: Cell, n: int | None = None, decode: bo
     n = cell.num_samples if n is None else n
     return dict(class_labels=cell.class_labels(model.spec.num_classes, n), seeds=cell.image_seeds(n), steps=cell.steps,
                 cfg_scale=cell.cfg_scale, sampler=cell.sampler, eta=cell.eta, device=cell.device,
-                dtype=getattr(torch, cell.dtype), decode=decode, batch_size=min(cell.batch_size, n))
+                dtype=torch_dtype(cell.dtype), decode=decode, batch_size=min(cell.batch_size, n))
 
 
 def sample_cell(model: nn.Module, cell: Cell, method: str | Policy, args: dict[str, Any] | None = None,
@@ -236,6 +251,17 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     laziness = {**out.decisions.laziness(), **({"target": policy.target_ratio} if policy.target_ratio is not None else {})}
     metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": laziness,
                **({"memory": memory} if cell.measures("memory") else {}), **measure(cell, ctx, model, policy, out)}
+    with cell_settings(cell.dtype, cell.threads, cell.device) as execution:  # TF32 and threads for this cell only
+        net = ctx.runnable(cell, model)
+        wall = time.perf_counter()
+        decode = cell.measures("quality") or cell.measures("fidelity")  # cost-only cells need no VAE
+        with memory_metrics(cell.device) as memory:
+            out = sample_cell(net, cell, policy, decode=decode)
+        laziness = {**out.decisions.laziness(), **({"target": policy.target_ratio} if policy.target_ratio is not None else {})}
+        metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": laziness,
+                   **({"memory": memory} if cell.measures("memory") else {}), **measure(cell, ctx, model, policy, out, net)}
+    metrics["execution"] = {**execution, **ExecutionMode.parse(cell.mode).to_dict(), "compile_backend": cell.compile_backend,
+                            "host_syncs": policy.host_syncs}
     finished = dt.datetime.now(dt.timezone.utc)
     return {
         "schema": RECORD_SCHEMA, "status": "ok", "suite": cell.suite, "cell_id": cell.cell_id(),
@@ -253,8 +279,11 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def measure(cell: Cell, ctx: RunContext, model: nn.Module, policy: Policy, out: SampleOutput) -> dict[str, Any]:
-    """The cell's metric groups: quality, fidelity, MACs and latency, as the cell asks."""
+def measure(cell: Cell, ctx: RunContext, model: nn.Module, policy: Policy, out: SampleOutput,
+            net: nn.Module | None = None) -> dict[str, Any]:
+    """The cell's metric groups: quality, fidelity, MACs and latency, as the cell asks (`net`: what is timed,
+    the model or its compiled twin)."""
+    net = model if net is None else net
     is_reference = cell.method == FULL_COMPUTE
     if is_reference and out.latents.nbytes + (0 if out.images is None else out.images.nbytes) <= MAX_KEPT_BYTES:
         ctx.references[reference_key(cell)] = out
@@ -274,8 +303,14 @@ def measure(cell: Cell, ctx: RunContext, model: nn.Module, policy: Policy, out: 
         images = min(cell.batch_size if policy.batch_coupled else cell.latency.batch, cell.num_samples)
         kwargs = cell_sampling(model, cell, images, cell.latency.decode)  # outside the timer
         timed: dict[str, SampleOutput] = {}
-        run_method = lambda: timed.update(out=sample(model, method=policy, **kwargs))  # noqa: E731
-        run_ddim = None if is_reference else (lambda: sample(model, method=FULL_COMPUTE, **kwargs))
+        run_method = lambda: timed.update(out=sample(net, method=policy, **kwargs))  # noqa: E731
+        run_ddim = None if is_reference else (lambda: sample(net, method=FULL_COMPUTE, **kwargs))
+        if cell.mode == "cuda-graph":  # replays of one captured batch; the schedule's log is the sampling run's
+            from harness.graphs import graphed_sampling
+
+            run_method = graphed_sampling(net, policy, None, **kwargs)
+            run_ddim = None if is_reference else graphed_sampling(net, FULL_COMPUTE, None, **kwargs)
+            timed["out"] = out
         metrics["latency"] = {**latency_metrics(run_method, run_ddim, cell), "images": images,
                               **timed_run_metrics(model, timed["out"].decisions)}
     if policy.batch_coupled:

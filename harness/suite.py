@@ -25,7 +25,7 @@ from harness.cluster.config import SlurmConfig
 SCHEMA_VERSION = 1
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 METRIC_GROUPS = ("quality", "fidelity", "macs", "latency", "memory")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "tf32", "bfloat16", "float16")  # tf32: float32 tensors, TF32 matmuls (this cell only)
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 TEMPLATE_KEYS = ("model", "model_slug", "resolution", "steps", "seed")
 
@@ -178,13 +178,16 @@ class Suite:
     batch_sizes: tuple[int, ...] = (64,)
     samplers: tuple[str, ...] = ("ddim",)  # "ddim" and / or "ddpm"
     etas: tuple[float, ...] = (0.0,)  # DDIM's eta (0: deterministic); DDPM cells take none (one cell, eta 0)
-    num_samples: int = 256
+    num_samples: int | str = 256  # images per cell; "batch": one batch of the cell's size (cost-only suites)
     cfg_scale: float = 1.5  # >= 1; 1 turns guidance off
     metrics: tuple[str, ...] = METRIC_GROUPS
     primary_metric: str = "fid"  # the quality column of matched-budget comparisons and Pareto plots
     paper_sources: tuple[str, ...] = ()  # rows of published_results.csv this suite reproduces
     latency: LatencyConfig = LatencyConfig()
     check: CheckConfig = CheckConfig()
+    modes: tuple[str, ...] = ("eager",)  # execution modes (harness.execution): eager, compile[:MODE], cuda-graph
+    threads: tuple[int | str, ...] = ()  # CPU thread counts (an int or "all"); empty: torch's setting, not an axis
+    compile_backend: str = "inductor"  # torch.compile's backend for "compile" modes
     slurm: SlurmConfig = SlurmConfig()  # job resources for `harness run --executor slurm` (flags override)
 
     @classmethod
@@ -233,7 +236,9 @@ class Suite:
         _check_choices(self.dtypes, DTYPES, "dtypes")
         _check_choices(self.metrics, METRIC_GROUPS, "metrics")
         batch_sizes = [*self.batch_sizes, *(b for m in self.methods for b in m.batch_sizes)]
-        if self.num_samples < 1 or any(b < 1 for b in batch_sizes) or self.latency.batch < 1:
+        if self.num_samples != "batch" and (isinstance(self.num_samples, str) or self.num_samples < 1):
+            raise SpecError(f"num_samples = {self.num_samples!r}; accepted: a positive integer or 'batch'")
+        if any(b < 1 for b in batch_sizes) or self.latency.batch < 1:
             raise SpecError("num_samples, batch_sizes and latency.batch must be positive integers")
         try:
             check_protocol(self.latency.warmup, self.latency.repeats)
@@ -244,6 +249,7 @@ class Suite:
             self.slurm.validate()
         except ValueError as err:
             raise SpecError(str(err)) from None
+        self._check_execution()
         for key in ("devices", "dtypes", "batch_sizes", "samplers", "etas", "metrics"):
             _require(getattr(self, key), key, "at least one value")
         cells = self.cells()
@@ -274,18 +280,42 @@ class Suite:
         except (ValueError, LookupError) as err:
             raise SpecError(str(err)) from None
 
+    def _check_execution(self) -> None:
+        """Modes and thread counts, named by key."""
+        from harness.execution import ExecutionMode, resolve_threads
+
+        try:
+            for mode in self.modes:
+                ExecutionMode.parse(mode)
+            for threads in self.threads:
+                resolve_threads(threads)
+        except ValueError as err:
+            raise SpecError(f"modes / threads: {err}") from None
+        _require(self.modes, "modes", "at least one value")
+
+    def refusals(self) -> list[str]:
+        """One line per (method, mode, device) the suite names but the method cannot run in (not expanded)."""
+        from harness.execution import mode_refusal
+
+        lines = {mode_refusal(mode, m.name, device) for m in self.methods for mode in self.modes for device in self.devices}
+        return sorted(line for line in lines if line)
+
     # ---- expansion ------------------------------------------------------------------------
     def cells(self) -> list["Cell"]:
         """Every cell of the sweep, in a stable order (models, resolutions, methods, args, steps, ...)."""
+        from harness.execution import mode_refusal
+
         cells = []
         for model, method in itertools.product(self.models, self.methods):
             if method.models and model.name not in method.models:
                 continue
             for resolution in model.resolutions or (None,):
                 for args, steps in itertools.product(_sweep(method), method.steps or self.steps):
-                    for device, dtype, batch, (sampler, eta), (i, seed) in itertools.product(
+                    for device, dtype, batch, (sampler, eta), (i, seed), mode, threads in itertools.product(
                             self.devices, self.dtypes, method.batch_sizes or self.batch_sizes, self.sampler_settings(),
-                            enumerate(self.seeds)):
+                            enumerate(self.seeds), self.modes, self.threads or (None,)):
+                        if mode_refusal(mode, method.name, device):
+                            continue  # listed by `refusals()`
                         values = {"model": model.name, "model_slug": slug(model.name), "resolution": resolution,
                                   "steps": steps, "seed": seed}
                         cells.append(Cell(
@@ -295,9 +325,11 @@ class Suite:
                             reference=fill(model.reference, values),
                             steps=steps, method=method.name,
                             method_args={k: fill(v, values) for k, v in args.items()},
-                            device=device, dtype=dtype, batch_size=batch, num_samples=self.num_samples,
+                            device=device, dtype=dtype, batch_size=batch,
+                            num_samples=batch if self.num_samples == "batch" else self.num_samples,
                             cfg_scale=self.cfg_scale, seed=seed, seed_index=i, metrics=self.metrics,
-                            latency=self.latency, sampler=sampler, eta=eta,
+                            latency=self.latency, sampler=sampler, eta=eta, mode=mode, threads=threads,
+                            compile_backend=self.compile_backend if mode.startswith("compile") else None,
                         ))
         return cells
 
@@ -382,21 +414,32 @@ class Cell:
     latency: LatencyConfig
     sampler: str = "ddim"
     eta: float = 0.0
+    mode: str = "eager"  # harness.execution mode
+    threads: int | str | None = None  # CPU threads for the cell; None: torch's setting
+    compile_backend: str | None = None  # torch.compile's backend ("compile" modes only)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Cell":
         return from_dict(cls, data, "cell")
+
+    def _hashed(self) -> dict[str, Any]:
+        """to_dict() without execution fields at their defaults, so records made before they existed keep their hash."""
+        data = self.to_dict()
+        for key, default in EXECUTION_DEFAULTS.items():
+            if data.get(key) == default:
+                data.pop(key)
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     def config_hash(self) -> str:
         """sha256 (16 hex digits) of the cell's canonical JSON: equal hashes, equal configurations."""
-        return content_hash({"schema": SCHEMA_VERSION, **self.to_dict()})
+        return content_hash({"schema": SCHEMA_VERSION, **self._hashed()})
 
     def variant_hash(self) -> str:
         """The config hash without the seed set: cells that differ only in seeds share it."""
-        data = self.to_dict()
+        data = self._hashed()
         data.pop("seed")
         data.pop("seed_index")
         return content_hash({"schema": SCHEMA_VERSION, **data})
@@ -406,8 +449,10 @@ class Cell:
         args = ",".join(f"{k}={v}" for k, v in sorted(self.method_args.items()))
         res = self.resolution if self.resolution is not None else "native"
         sampler = "" if (self.sampler, self.eta) == ("ddim", 0.0) else f"/{self.sampler_label()}"
+        execution = "".join(f"/{key}={getattr(self, key)}" for key in ("mode", "threads")
+                            if getattr(self, key) != EXECUTION_DEFAULTS[key])
         return (f"{self.model}@{res}/{self.method}({args})/steps={self.steps}{sampler}/{self.device}/{self.dtype}"
-                f"/bs={self.batch_size}/seed={self.seed}")
+                f"/bs={self.batch_size}/seed={self.seed}{execution}")
 
     def sampler_label(self) -> str:
         """"ddim", "ddim(eta=0.5)" or "ddpm"."""
@@ -426,6 +471,9 @@ class Cell:
     def class_labels(self, num_classes: int, count: int | None = None) -> list[int]:
         """Balanced labels: image i is conditioned on class i mod num_classes."""
         return [i % num_classes for i in range(self.num_samples if count is None else count)]
+
+
+EXECUTION_DEFAULTS = {"mode": "eager", "threads": None, "compile_backend": None}
 
 
 def image_seed(suite_seed: int, index: int) -> int:

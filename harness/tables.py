@@ -86,7 +86,7 @@ def params_label(args: dict[str, Any]) -> str:
 def flatten(record: dict[str, Any]) -> dict[str, Any]:
     """One record -> one flat row: axes, then metrics as "<group>.<name>" numbers."""
     cell, metrics = record["cell"], record["metrics"]
-    row = {"model": cell["model"], "resolution": record["model_info"]["image_size"], "device": cell["device"],
+    row = {"model": cell["model"], "resolution": record["model_info"]["image_size"], "device": device_label(cell),
            "dtype": cell["dtype"], "batch_size": cell["batch_size"], "sampler": sampler_label(cell),
            "method": cell["method"],
            "params": params_label(cell["method_args"]), "steps": cell["steps"], "seed": cell["seed"],
@@ -100,6 +100,17 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         if name in latency:
             row[f"latency.{name}"] = float(latency[name])
     return row
+
+
+def device_label(cell: dict[str, Any]) -> str:
+    """The device with the execution mode and thread count where not the defaults: "cuda", "cuda/compile",
+    "cpu/threads=1" (rows of different modes are different setups, compared with their own DDIM curve)."""
+    parts = [cell["device"]]
+    if cell.get("mode", "eager") != "eager":
+        parts.append(cell["mode"])
+    if cell.get("threads") is not None:
+        parts.append(f"threads={cell['threads']}")
+    return "/".join(parts)
 
 
 def sampler_label(cell: dict[str, Any]) -> str:

@@ -63,6 +63,7 @@ class LazyDiTPolicy(Policy):
     paper: ClassVar[str] = PAPER
     code: ClassVar[str] = "https://github.com/shawnricecake/lazydit"
     faithfulness: ClassVar[str] = "matches the official code (decisions and outputs on the same weights and noise)"
+    static_schedule: ClassVar[bool] = False  # per-sample decisions from this step's branch input
 
     def __init__(self, config: "LazyDiTPolicy.Config | None" = None, layers: LazyLayers | None = None,
                  prediction: torch.Tensor | None = None):

@@ -34,8 +34,8 @@ def test_missing_required_key_is_named():
 
 
 def test_wrong_type_names_key_and_accepted_type():
-    with pytest.raises(SpecError, match=r"num_samples = 'many' has the wrong type; accepted: int"):
-        Suite.from_dict(spec(num_samples="many"))
+    with pytest.raises(SpecError, match=r"cfg_scale = 'high' has the wrong type; accepted: float"):
+        Suite.from_dict(spec(cfg_scale="high"))
 
 
 def test_unknown_method_lists_registered_methods():
@@ -54,7 +54,7 @@ def test_unknown_method_argument_lists_the_methods_parameters():
 
 
 @pytest.mark.parametrize("key, value, accepted", [
-    ("dtypes", ["fp8"], "float32, bfloat16, float16"),
+    ("dtypes", ["fp8"], "float32, tf32, bfloat16, float16"),
     ("metrics", ["vibes"], "quality, fidelity, macs, latency, memory"),
     ("devices", ["tpu"], "cpu, cuda, mps"),
 ])

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if args.executor == "inline" and (slurm_overrides(args) or args.no_wait):
         given = ", ".join(["--no-wait"] * args.no_wait + [f"--{k.replace('_', '-')}" for k in slurm_overrides(args)])
         raise ValueError(f"{given} only apply to jobs; add --executor local or --executor slurm")
+    for line in suite.refusals():  # modes a method cannot run in: not expanded into cells
+        print(line, file=sys.stderr)
     start = time.perf_counter()
     if args.executor == "inline":
         summary = run_suite(suite, args.results_dir, only=args.only, resume=args.resume, progress=not args.quiet,

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 MIN_REPEATS = 10
 SCOPES = ("sampler", "end_to_end")  # decode excluded / included
-MODES = ("eager", "compile")
+MODES = ("eager", "compile", "cuda-graph")  # "compile:MODE" names torch.compile's mode (harness.execution)
 
 # Record keys.
 LATENCY_MEDIAN = "median_s"
@@ -173,7 +173,7 @@ def compare_latency(fns: Mapping[str, Callable[[], Any]], device: str | torch.de
         device, warmup, repeats, scope, mode: as for `measure_latency`.
     """
     check_protocol(warmup, repeats)
-    if scope not in SCOPES or mode not in MODES:
+    if scope not in SCOPES or mode.split(":")[0] not in MODES:
         raise ValueError(f"scope={scope!r}, mode={mode!r}; accepted scopes: {', '.join(SCOPES)}; modes: {', '.join(MODES)}")
     for fn in fns.values():
         for _ in range(warmup):
