@@ -224,6 +224,9 @@ class Policy:
     # Decisions from a statistic pooled over the batch's real rows: they depend on which images share a batch.
     batch_coupled: ClassVar[bool] = False
     target_ratio: float | None = None  # the lazy ratio the method's settings were calibrated for, if any
+    # Decisions fixed before sampling (never read from activations): a step is a fixed sequence of
+    # kernels, so the sampler can be exported (harness/export.py). tests/method_cases.py says the same.
+    static_decisions: ClassVar[bool] = False
 
     def __init__(self, config: "Policy.Config | None" = None):
         self.config = config if config is not None else self.Config()
@@ -319,6 +322,7 @@ class DDIMPolicy(Policy):
 
     code: ClassVar[str] = "https://github.com/facebookresearch/DiT"
     faithfulness: ClassVar[str] = "the reference sampler (facebookresearch/DiT's DDIM loop, bit for bit)"
+    static_decisions: ClassVar[bool] = True
 
 
 def create_policy(method: str, method_args: dict[str, Any] | None = None) -> Policy:

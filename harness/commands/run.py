@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -25,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="skip cells whose config hash already has a record")
     p.add_argument("--no-tables", action="store_true", help="do not regenerate tables and plots afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--runner", metavar="PATH", help="ExecuTorch executor_runner for android devices "
+                                                  "(default $HARNESS_ET_RUNNER)")
     p.set_defaults(func=run)
 
 
@@ -34,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.tables import write_reports
 
     suite = load_suite(args.suite)
+    if args.runner:  # read by the android device when a cell opens it
+        from harness.devices.android import RUNNER_ENV
+
+        os.environ[RUNNER_ENV] = args.runner
     start = time.perf_counter()
     summary = run_suite(suite, args.results_dir, only=args.only, resume=args.resume, progress=not args.quiet,
                         suite_file=suite_path(args.suite), command=args.command_line)
