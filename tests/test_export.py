@@ -28,11 +28,16 @@ def test_exported_sampler_run_by_the_executorch_runtime_matches_eager_latents(me
     assert parity["max_rel"] <= PARITY_RTOL
 
 
+def linear_calls(method: str) -> int:
+    from harness.export import SamplerProgram
+
+    program = torch.export.export(SamplerProgram(tiny_model(), policy_for(method), STEPS, CFG), inputs())
+    return sum(node.target is torch.ops.aten.linear.default for node in program.graph.nodes)
+
+
 def test_static_schedule_is_baked_into_the_program():
-    noise, labels = inputs()
-    lazy = run_program(sampler_program("lazydit-static"), [noise, labels])[0]
-    full = eager_latents("ddim", noise, labels)
-    assert (lazy - full).abs().max() > 1e3 * PARITY_RTOL * full.abs().max()  # skipping branches changes the latents
+    # SKIP_SCHEDULE reuses one attention (qkv, proj) and one MLP (fc1, fc2) at step index 0: 4 linear layers fewer.
+    assert linear_calls("ddim") - linear_calls("lazydit-static") == 4
 
 
 def test_export_command_writes_sampler_forward_etrecords_and_manifest(tmp_path, monkeypatch):
@@ -40,16 +45,16 @@ def test_export_command_writes_sampler_forward_etrecords_and_manifest(tmp_path, 
     from programs import SKIP_SCHEDULE
 
     monkeypatch.setattr("harness.models.load_model", lambda *args, **kwargs: tiny_model())
-    save_schedule(SKIP_SCHEDULE, tmp_path / "schedule.pt")
+    save_schedule(SKIP_SCHEDULE[:1], tmp_path / "schedule.pt")
     out = tmp_path / "lazy.pte"
     code = main(["export", "--model", "tiny", "--method", "lazydit-static", "--method-args",
-                 json.dumps({"schedule": str(tmp_path / "schedule.pt")}), "--steps", str(STEPS), "--batch", str(IMAGES),
-                 "--out", str(out)])
+                 json.dumps({"schedule": str(tmp_path / "schedule.pt")}), "--steps", "1", "--batch", str(IMAGES),
+                 "--out", str(out)])  # one step keeps the lowering short
     assert code == 0
     for name in ("lazy.pte", "lazy.etrecord", "lazy.forward.pte", "lazy.forward.etrecord", "lazy.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     manifest = json.loads((tmp_path / "lazy.json").read_text())
-    assert manifest["method"] == "lazydit-static" and manifest["steps"] == STEPS
+    assert manifest["method"] == "lazydit-static" and manifest["steps"] == 1
     assert manifest["programs"]["sampler"]["delegated_subgraphs"] > 0  # XNNPACK runs part of it
     x, t, y = forward_inputs(tiny_model(), IMAGES, cfg=True)
     with torch.no_grad():
