@@ -32,7 +32,8 @@ def linear_calls(method: str) -> int:
     from harness.export import SamplerProgram
 
     program = torch.export.export(SamplerProgram(tiny_model(), policy_for(method), STEPS, CFG), inputs())
-    return sum(node.target is torch.ops.aten.linear.default for node in program.graph.nodes)
+    graphs = [m.graph for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)]  # no_grad: a sub-graph
+    return sum(node.target is torch.ops.aten.linear.default for graph in graphs for node in graph.nodes)
 
 
 def test_static_schedule_is_baked_into_the_program():
@@ -87,3 +88,17 @@ def test_stochastic_samplers_are_refused():
 def test_static_decisions_flag_agrees_with_the_method_contract_cases(method):
     assert METHODS.get(method).static_decisions == CASES[method].static
     assert (method in static_methods()) == CASES[method].static
+
+
+@pytest.mark.parametrize("method", sorted(name for name, case in CASES.items() if case.static))
+def test_every_static_method_traces_to_a_graph_equal_to_its_eager_sampler(method, tmp_path):
+    """The traced program (before lowering, which is method-agnostic) reproduces the eager latents."""
+    from harness.export import SamplerProgram
+    from method_cases import STEPS as CASE_STEPS
+
+    model, (noise, labels) = tiny_model(), inputs()
+    make = CASES[method].typical
+    traced = torch.export.export(SamplerProgram(model, make(model, tmp_path), CASE_STEPS, CFG), inputs(seed=5))
+    eager = sample(model, labels.tolist(), [0] * IMAGES, steps=CASE_STEPS, cfg_scale=CFG, method=make(model, tmp_path),
+                   noise=noise, decode=False, batch_invariant=False).latents
+    torch.testing.assert_close(traced.module()(noise, labels), eager, rtol=1e-5, atol=1e-5 * eager.abs().max().item())
