@@ -21,7 +21,7 @@ def test_suites_accept_torch_devices_the_host_runtime_and_phones():
 
 
 def test_an_unknown_device_kind_names_the_accepted_ones():
-    with pytest.raises(SpecError, match="unknown device 'iphone' .*executorch-host, android"):
+    with pytest.raises(SpecError, match="unknown device 'iphone' .*android, executorch-host"):
         suite(["iphone"])
 
 
