@@ -5,7 +5,9 @@ Each program is exported once per test process into a temporary folder.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ STEPS, CFG, IMAGES = 2, 1.5, 2
 SKIP_SCHEDULE = torch.tensor([[[False, True], [True, False]],  # step index 0: block 0 reuses attn, block 1 its MLP
                               [[True, True], [True, True]]])  # the first sampled step computes everything
 FOLDER = Path(tempfile.mkdtemp(prefix="harness-programs-"))
+atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)
