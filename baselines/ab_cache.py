@@ -58,6 +58,7 @@ class ABCachePolicy(Policy):
 
     name: ClassVar[str] = "ab-cache"
     paper: ClassVar[str] = "https://arxiv.org/abs/2504.10540"
+    static_decisions: ClassVar[bool] = True
     code: ClassVar[str] = ""
     faithfulness: ClassVar[str] = "re-implementation from the paper (no reachable official code)"
 

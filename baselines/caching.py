@@ -11,7 +11,7 @@ operation order), AB-Cache combines whole model outputs.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -48,6 +48,8 @@ class ScheduledBranchPolicy(Policy):
     yet). Decisions are plain Python bools, so a step is a fixed sequence of kernels (what
     `torch.compile`, CUDA graphs and mobile export need) and nothing is read from the device.
     """
+
+    static_decisions: ClassVar[bool] = True
 
     def schedule(self, run: RunInfo) -> torch.Tensor:
         raise NotImplementedError

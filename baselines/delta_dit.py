@@ -45,6 +45,7 @@ class DeltaDiTPolicy(Policy):
 
     name: ClassVar[str] = "delta-dit"
     paper: ClassVar[str] = "https://arxiv.org/abs/2406.01125"
+    static_decisions: ClassVar[bool] = True
     code: ClassVar[str] = ""
     faithfulness: ClassVar[str] = "re-implementation from the paper (no reachable official code)"
 

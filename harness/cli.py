@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "harness.commands.calibrate",
     "harness.commands.macs",
     "harness.commands.info",
+    "harness.commands.export",
 )
 ALLOW_PICKLE_HELP = (f"load third-party .pt files that need full unpickling (it can run code in them: trusted files "
                      f"only); same as {ALLOW_PICKLE_ENV}=1")

@@ -227,6 +227,9 @@ class Policy:
     # graph can replay (`harness.execution`). A method deciding from the data sets it False.
     static_schedule: ClassVar[bool] = True
     target_ratio: float | None = None  # the lazy ratio the method's settings were calibrated for, if any
+    # Decisions fixed before sampling (never read from activations): a step is a fixed sequence of
+    # kernels, so the sampler can be exported (harness/export.py). tests/method_cases.py says the same.
+    static_decisions: ClassVar[bool] = False
 
     def __init__(self, config: "Policy.Config | None" = None):
         self.config = config if config is not None else self.Config()
@@ -322,6 +325,7 @@ class DDIMPolicy(Policy):
 
     code: ClassVar[str] = "https://github.com/facebookresearch/DiT"
     faithfulness: ClassVar[str] = "the reference sampler (facebookresearch/DiT's DDIM loop, bit for bit)"
+    static_decisions: ClassVar[bool] = True
 
 
 def create_policy(method: str, method_args: dict[str, Any] | None = None) -> Policy:

@@ -31,6 +31,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from harness.cell_files import check_cells, input_files, inputs_changed, relative_args, resolve_args, resolve_path
+from harness.devices import is_program_device, torch_device
 from harness.execution import ExecutionMode, cell_settings, compiled_model, torch_dtype
 from harness.methods import DecisionLog, Policy, create_policy
 from harness.models import build_model, load_model
@@ -144,7 +145,7 @@ def provenance(cell: Cell, model: nn.Module, ctx: "RunContext") -> dict[str, Any
     """Versions, device, threads, TF32, git state, the command, the suite file's and the cell's hashes, its files' sha256."""
     from harness.provenance import collect_provenance, results_exclusions
 
-    out = collect_provenance(files=input_files(cell, ctx.base_dir, model), device=cell.device,
+    out = collect_provenance(files=input_files(cell, ctx.base_dir, model), device=torch_device(cell.device),
                              exclude=results_exclusions(ctx.results_dir))
     out.update(config_hash=cell.config_hash(), command=ctx.command, suite_sha256=ctx.suite_sha256)
     out.update(evaluator_provenance(cell, model))
@@ -223,7 +224,7 @@ def cell_sampling(model: nn.Module, cell: Cell, n: int | None = None, decode: bo
     """`sample`'s arguments, the method aside, for the cell's first `n` images (default all)."""
     n = cell.num_samples if n is None else n
     return dict(class_labels=cell.class_labels(model.spec.num_classes, n), seeds=cell.image_seeds(n), steps=cell.steps,
-                cfg_scale=cell.cfg_scale, sampler=cell.sampler, eta=cell.eta, device=cell.device,
+                cfg_scale=cell.cfg_scale, sampler=cell.sampler, eta=cell.eta, device=torch_device(cell.device),
                 dtype=torch_dtype(cell.dtype), decode=decode, batch_size=min(cell.batch_size, n))
 
 
@@ -244,19 +245,12 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     model = ctx.model(cell)
     args = resolve_args(cell.method_args, ctx.base_dir)
     policy = create_policy(cell.method, args)
-    wall = time.perf_counter()
-    decode = cell.measures("quality") or cell.measures("fidelity")  # cost-only cells need no VAE
-    with memory_metrics(cell.device) as memory:
-        out = (ctx.sample_images or sample_cell)(model, cell, policy, decode=decode)
-    laziness = {**out.decisions.laziness(), **({"target": policy.target_ratio} if policy.target_ratio is not None else {})}
-    metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": laziness,
-               **({"memory": memory} if cell.measures("memory") else {}), **measure(cell, ctx, model, policy, out)}
     with cell_settings(cell.dtype, cell.threads, cell.device) as execution:  # TF32 and threads for this cell only
         net = ctx.runnable(cell, model)
         wall = time.perf_counter()
         decode = cell.measures("quality") or cell.measures("fidelity")  # cost-only cells need no VAE
-        with memory_metrics(cell.device) as memory:
-            out = sample_cell(net, cell, policy, decode=decode)
+        with memory_metrics(torch_device(cell.device)) as memory:
+            out = (ctx.sample_images or sample_cell)(net, cell, policy, decode=decode)
         laziness = {**out.decisions.laziness(), **({"target": policy.target_ratio} if policy.target_ratio is not None else {})}
         metrics = {"sampling_wall_s": time.perf_counter() - wall, "laziness": laziness,
                    **({"memory": memory} if cell.measures("memory") else {}), **measure(cell, ctx, model, policy, out, net)}
@@ -298,7 +292,11 @@ def measure(cell: Cell, ctx: RunContext, model: nn.Module, policy: Policy, out: 
             fidelity_metrics(out, model, cell, ctx.references.get(reference_key(cell)))
     if cell.measures("macs"):
         metrics["macs"] = macs_metrics(model, out.decisions)
-    if cell.measures("latency"):
+    if cell.measures("latency") and is_program_device(cell.device):  # an exported program on a runtime / phone
+        from harness.devices.cells import program_latency_metrics
+
+        metrics["latency"] = program_latency_metrics(model, policy, cell)
+    elif cell.measures("latency"):
         # A batch-coupled method decides on its batch: time exactly the quality run's first batch.
         images = min(cell.batch_size if policy.batch_coupled else cell.latency.batch, cell.num_samples)
         kwargs = cell_sampling(model, cell, images, cell.latency.decode)  # outside the timer

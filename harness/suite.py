@@ -230,9 +230,12 @@ class Suite:
                 parse_steps(steps)
             except ValueError as err:
                 raise SpecError(f"steps: {err}") from None
+        from harness.devices import device_kinds
+
         for device in self.devices:
-            if device.split(":")[0] not in DEVICE_KINDS:
-                raise SpecError(f"unknown device {device!r} in devices; accepted: {', '.join(DEVICE_KINDS)} (cuda:N)")
+            if device.split(":")[0] not in device_kinds():
+                raise SpecError(f"unknown device {device!r} in devices; accepted: {', '.join(device_kinds())} "
+                                "(cuda:N, android:SERIAL)")
         _check_choices(self.dtypes, DTYPES, "dtypes")
         _check_choices(self.metrics, METRIC_GROUPS, "metrics")
         batch_sizes = [*self.batch_sizes, *(b for m in self.methods for b in m.batch_sizes)]

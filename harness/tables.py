@@ -17,6 +17,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.cache import atomic_write_bytes
+from harness.devices import is_program_device
 from harness.suite import Suite, slug
 
 PUBLISHED_CSV = Path(__file__).resolve().parent / "reference" / "published_results.csv"
@@ -397,12 +398,43 @@ def suite_tables(suite: Suite, measured: pd.DataFrame) -> dict[str, str]:
     md.append(f"\n{LEGEND}\n")
     files = {"leaderboard.md": "".join(md), "leaderboard.tex": "\n".join(tex),
              "leaderboard.csv": render_table(pd.concat(csv_parts) if csv_parts else measured, "csv")}
+    if len(suite.devices) > 1 or any(is_program_device(d) for d in suite.devices):
+        by_device = latency_by_device(measured, suite.paper_sources)
+        files["latency_by_device.md"] = (f"# {suite.name}: latency per device\n\n{render_table(by_device, 'markdown')}"
+                                         f"\n{DEVICE_LEGEND}\n")
     if suite.paper_sources:
         paper = paper_vs_measured(measured, suite.paper_sources)
         body = render_table(paper, "markdown") if not paper.empty else "No measured model and resolution appears in the sources.\n"
         files["paper_vs_measured.md"] = f"# {suite.name}: paper vs measured ({', '.join(suite.paper_sources)})\n\n{body}"
         files["paper_vs_measured.csv"] = render_table(paper, "csv")
     return files
+
+
+def latency_by_device(measured: pd.DataFrame, sources: Iterable[str] = ()) -> pd.DataFrame:
+    """Median latency and speedup over DDIM (same steps, same cell) per device, one row per variant; below them,
+    the published rows of `sources` that report a latency (the LazyDiT paper's phone figures), with the speedup
+    over the same source's DDIM at the same steps."""
+    rows = []
+    if not measured.empty:
+        keys = ["model", "resolution", "method", "params", "steps"]
+        for key, group in measured.groupby(keys, sort=False, dropna=False):
+            row = {"source": "measured", **dict(zip(keys, map(str, key)))}
+            for _, r in group.iterrows():
+                row[f"{r['device']} p50 (s) ↓"] = fmt(r.get(LATENCY, math.nan))
+                row[f"{r['device']} speedup ↑"] = fmt(r.get(SPEEDUP, math.nan))
+            rows.append(row)
+    published = published_results(sources) if sources else pd.DataFrame()
+    timed = published[published["latency_s"].notna()] if not published.empty else published
+    for _, paper in timed.iterrows():
+        ddim = timed[(timed["source"] == paper["source"]) & (timed["method"] == FULL_COMPUTE)
+                     & (timed["steps"] == paper["steps"]) & (timed["model"] == paper["model"])]
+        speedup = ddim["latency_s"].iloc[0] / paper["latency_s"] if len(ddim) else math.nan
+        lazy = f" lazy={fmt(paper['lazy_ratio'])}" if np.isfinite(paper["lazy_ratio"]) else ""
+        rows.append({"source": f"{paper['source']} ({paper['latency_device']})", "model": paper["model"],
+                     "resolution": str(paper["resolution"]), "method": paper["method"], "params": lazy.strip() or "-",
+                     "steps": str(paper["steps"]), "paper p50 (s) ↓": fmt(paper["latency_s"]),
+                     "paper speedup ↑": fmt(speedup)})
+    return pd.DataFrame(rows).fillna("—")
 
 
 def section_groups(measured: pd.DataFrame) -> list[tuple[tuple[str, int], pd.DataFrame]]:
@@ -417,6 +449,13 @@ LEGEND = (
     "(the LazyDiT / Learning-to-Cache convention). Speedup: full-compute DDIM latency at the same steps over "
     "the method's, measured in the same cell. *DDIM @MACs / @latency*: the DDIM step-count curve interpolated "
     "at the method's MACs / latency; *gain*: the method's quality advantage over that curve (positive = better)."
+)
+
+
+DEVICE_LEGEND = (
+    "Sampler latency (decode excluded) per device: torch devices time eager sampling; `executorch-host` and "
+    "`android*` time the exported ExecuTorch program (XNNPACK). Speedup: DDIM at the same steps over the method, "
+    "timed in the same cell. Paper rows are the published figures on their own device and model, for reference."
 )
 
 

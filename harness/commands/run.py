@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -29,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tables", action="store_true", help="do not regenerate tables and plots afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_executor_arguments(p)
+    p.add_argument("--runner", metavar="PATH", help="ExecuTorch executor_runner for android devices "
+                                                  "(default $HARNESS_ET_RUNNER)")
     p.set_defaults(func=run)
 
 
@@ -43,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{given} only apply to jobs; add --executor local or --executor slurm")
     for line in suite.refusals():  # modes a method cannot run in: not expanded into cells
         print(line, file=sys.stderr)
+    if args.runner:  # read by the android device when a cell opens it
+        from harness.devices.android import RUNNER_ENV
+
+        os.environ[RUNNER_ENV] = args.runner
     start = time.perf_counter()
     if args.executor == "inline":
         summary = run_suite(suite, args.results_dir, only=args.only, resume=args.resume, progress=not args.quiet,
