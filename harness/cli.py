@@ -20,6 +20,7 @@ from harness.cache import ALLOW_PICKLE_ENV
 COMMAND_MODULES = (
     "harness.commands.run",
     "harness.commands.table",
+    "harness.commands.leaderboard",
     "harness.commands.check",
     "harness.commands.sample",
     "harness.commands.train",
