@@ -92,7 +92,7 @@ def pareto_figure(table: pd.DataFrame, axis: str, primary: str, title: str) -> F
     x, y = data[x_col].to_numpy(float), data[y_col].to_numpy(float)
     front = pareto_front(x, y, bool(info.higher_is_better))
     ax.step(x[front] / scale, y[front], where="post", color="0.5", linewidth=1, alpha=0.6, label="Pareto front")
-    ax.plot(x[front] / scale, y[front], "o", color="0.3", markersize=3, label="on the front")
+    ax.plot(x[front] / scale, y[front], "o", color="0.3", markersize=3)  # the front's settings, one legend entry
     arrow = {True: " (higher is better)", False: " (lower is better)", None: ""}[info.higher_is_better]
     ddim = data.loc[data["method"] == FULL_COMPUTE, y_col].to_numpy(float)
     off = _clip_to_ddim_range(ax, y, ddim, info.higher_is_better)
