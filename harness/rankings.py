@@ -79,7 +79,7 @@ def who_wins(table: pd.DataFrame, primary: str, records: list[dict[str, Any]] | 
                 row["lead over runner-up"] = ci_text(lead.value, lead.low, lead.high, lead.significant) \
                     if lead is not None and math.isfinite(lead.value) else "—"
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("—")
 
 
 def _variant_name(row: pd.Series) -> str:

@@ -46,12 +46,14 @@ METRICS = {
     "accuracy": MetricInfo("cond. acc.", True), "psnr": MetricInfo("PSNR", True), "ssim": MetricInfo("SSIM", True),
     "latent_mse": MetricInfo("latent MSE", False, on_board=False),
     "domain_fid": MetricInfo("domain FID", False), "domain_kid_mean": MetricInfo("domain KID", False, on_board=False),
+    "domain_kid": MetricInfo("domain KID", False), "psnr_capped": MetricInfo("PSNR (capped)", True, on_board=False),
+    "domain_feature_distance": MetricInfo("feature dist.", False, on_board=False),
     "domain_precision": MetricInfo("domain precision", True), "domain_recall": MetricInfo("domain recall", True),
     "domain_f_score": MetricInfo("domain F", True, on_board=False),
     "domain_class_accuracy": MetricInfo("cond. acc.", True),
     "is_mean": MetricInfo("IS", True), "kid_mean": MetricInfo("KID", False),
     **{name: MetricInfo(name, None, shown=False) for name in (
-        "domain_kid_std", "domain_num_samples", "is_std", "kid_std", "num_samples", "num_reference", "psnr_std",
+        "domain_kid_std", "domain_num_samples", "domain_num_reference", "is_std", "kid_std", "num_samples", "num_reference", "psnr_std",
         "ssim_std", "identical_images")},
 }
 ARROWS = {True: " ↑", False: " ↓", None: ""}

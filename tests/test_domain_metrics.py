@@ -111,3 +111,12 @@ def test_unknown_feature_layer_lists_the_accepted_ones():
     images, _ = real_images("floor", 8, 20)
     with pytest.raises(ValueError, match="conv, fc, logits"):
         domain.domain_metrics(images, 8, feature_layer="pool")
+
+
+@pytest.mark.parametrize("name", ["smoke", "methods"])
+def test_every_seed_set_of_the_embedded_suites_has_a_disjoint_floor_of_its_size(name):
+    from harness.suite import load_suite
+
+    suite = load_suite(name)
+    for model in suite.models:
+        assert all(domain.floor_available(model.name, suite.num_samples, i) for i in range(len(suite.seeds)))
