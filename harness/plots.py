@@ -48,13 +48,16 @@ def pareto_png(table: pd.DataFrame, axis: str, primary: str, title: str) -> byte
 
 def pareto_figure(table: pd.DataFrame, axis: str, primary: str, title: str) -> Figure | None:
     """The Pareto plot of `pareto_png` as a figure: one colour per method, each setting with its own hollow
-    marker (and its 95% interval as an error bar where the table has `ci.` columns), a method's settings
+    marker (and, where the table has `paired.` columns, the 95% interval of its paired difference to DDIM at
+    the same steps as an error bar), a method's settings
     joined by cost, DDIM's step budgets annotated, the Pareto front in grey with its points marked."""
     x_col, x_label = AXES[axis]
     y_col = f"quality.{primary}"
     if x_col not in table or y_col not in table:
         return None
-    ci = [f"ci.{primary}:low", f"ci.{primary}:high"]
+    # Error bars: the paired interval of the setting's difference to DDIM at the same steps, drawn around its
+    # value (absolute intervals are as wide as the seed-to-seed spread and would hide every difference).
+    ci = [f"paired.{primary}", f"paired.{primary}:low", f"paired.{primary}:high"]
     data = table[[x_col, y_col, "method", "params", "steps", *[c for c in ci if c in table]]].dropna(subset=[x_col, y_col])
     if data.empty:
         return None
@@ -75,10 +78,10 @@ def pareto_figure(table: pd.DataFrame, axis: str, primary: str, title: str) -> F
                 label=None if method in labelled else method, marker=MARKERS[i % len(MARKERS)],
                 markersize=max(11 - 1.5 * (i % len(MARKERS)), 4), fillstyle="none", markeredgewidth=1.2)
         labelled.add(method)
-        if all(c in group for c in ci):  # the bootstrap's 95% interval of each setting
-            low, high = group[ci[0]].to_numpy(float), group[ci[1]].to_numpy(float)
+        if all(c in group for c in ci) and method != FULL_COMPUTE:
+            diff, low, high = (group[c].to_numpy(float) for c in ci)
             y = group[y_col].to_numpy(float)
-            yerr = np.vstack([np.clip(y - low, 0, None), np.clip(high - y, 0, None)])
+            yerr = np.vstack([np.clip(diff - low, 0, None), np.clip(high - diff, 0, None)])
             ax.errorbar(group[x_col] / scale, y, yerr=np.nan_to_num(yerr), fmt="none", ecolor=colors[method],
                         elinewidth=0.8, capsize=2, alpha=0.8)
         if method == FULL_COMPUTE:  # the step budgets along the DDIM curve
@@ -129,7 +132,8 @@ def _clip_to_ddim_range(ax, y: np.ndarray, ddim: np.ndarray, higher_is_better: b
 def suite_plots(measured: pd.DataFrame, primary: str, suite_name: str, records: list | None = None) -> dict[str, bytes]:
     """File name -> PNG bytes: pareto-<model>-<res>-{macs,latency}.png for each model and resolution.
 
-    With the suite's records, each point carries its bootstrap 95% interval as an error bar.
+    With the suite's records, each method setting carries the 95% interval of its paired difference to DDIM
+    at the same steps as an error bar around its value.
     """
     files = {}
     for (model, resolution), table in section_groups(measured):
