@@ -6,6 +6,12 @@ per quality metric derived from the measured seed-to-seed spread (k x the median
 deviation over seed sets of the variants of the same model and resolution). The gate fails
 when quality moves beyond its tolerance (either way: the numbers no longer reproduce),
 when MACs differ at all, or when a speedup falls below baseline x (1 - tolerance).
+
+Paired differences gate tighter: per method variant, its quality minus full-compute DDIM's at the same
+steps on the same seed sets, and its fidelity to full compute (`harness.comparisons`), may move by
+`paired_k` x the baseline's 95% half-interval of that difference. The images of both cells share their
+seeds, so seed-set noise cancels and a method that silently got worse stands out long before its
+absolute FID leaves the seed-to-seed band.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ MACS_COLUMNS = (MACS_ALL, MACS_LINEAR)
 # A baseline variant's entries: key -> (accepted types, what to call them in an error).
 VARIANT_SHAPE = {"label": (str, "string"), "quality": (dict, "object"), "quality_tolerance": (dict, "object"),
                  "macs": (dict, "object"), "speedup": ((int, float, type(None)), "number or null")}
+PAIRED_SHAPE = {"paired": (dict, "object"), "paired_tolerance": (dict, "object")}  # optional (older baselines lack them)
 
 
 def variant_label(row: pd.Series) -> str:
@@ -73,10 +80,11 @@ def make_baseline(suite: Suite, records: list[dict[str, Any]]) -> dict[str, Any]
     measured = aggregate(records_frame(records))
     if measured.empty:
         raise ValueError(f"no records of suite {suite.name!r} to make a baseline from")
+    paired = paired_frame(records, measured)
     spread = pooled_spread(measured)
     columns = quality_columns(measured)
     variants = {}
-    for _, row in measured.iterrows():
+    for index, row in measured.iterrows():
         group_spread = spread[f"{row['model']}@{row['resolution']}"]
         quality, tolerance = {}, {}
         for col in columns:
@@ -91,15 +99,40 @@ def make_baseline(suite: Suite, records: list[dict[str, Any]]) -> dict[str, Any]
             "quality_tolerance": tolerance,
             "macs": {c: float(row[c]) for c in MACS_COLUMNS if c in row and _number(row[c]) is not None},
             "speedup": _number(row.get(SPEEDUP)),
+            **paired_entries(paired.loc[index], suite.check.paired_k, suite.check.quality_floor),
         }
     return {
         "schema": BASELINE_SCHEMA, "suite": suite.name,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "git_commit": next((r["provenance"].get("git_commit") for r in records), None),
         "tolerances": {"quality_k": suite.check.quality_k, "quality_floor": suite.check.quality_floor,
-                       "speedup_tolerance": suite.check.speedup_tolerance},
+                       "speedup_tolerance": suite.check.speedup_tolerance, "paired_k": suite.check.paired_k},
         "spread": spread, "variants": dict(sorted(variants.items())),
     }
+
+
+def paired_frame(records: list[dict[str, Any]], measured: pd.DataFrame) -> pd.DataFrame:
+    """`measured` with the paired columns of `harness.comparisons` (same index)."""
+    from harness.comparisons import paired_columns
+
+    return paired_columns(records, measured)
+
+
+def paired_gate_columns(row: pd.Series) -> list[str]:
+    """The paired differences a variant is gated on: quality vs DDIM at the same steps, fidelity to full compute."""
+    return [c for c in row.index if (c.startswith("paired.") or c.startswith("fidelity_ci.")) and ":" not in c
+            and _number(row[c]) is not None]
+
+
+def paired_entries(row: pd.Series, k: float, floor: float) -> dict[str, dict[str, float]]:
+    """The variant's paired values and their tolerances (k x the 95% half-interval, at least `floor`)."""
+    values, tolerance = {}, {}
+    for col in paired_gate_columns(row):
+        values[col] = float(row[col])
+        low, high = _number(row.get(col + ":low")), _number(row.get(col + ":high"))
+        half = (high - low) / 2 if low is not None and high is not None else 0.0
+        tolerance[col] = max(k * half, floor)
+    return {"paired": values, "paired_tolerance": tolerance} if values else {}
 
 
 def write_baseline(path: str | os.PathLike, baseline: dict[str, Any]) -> Path:
@@ -142,6 +175,11 @@ def baseline_problem(baseline: Any) -> str | None:
                 return f"variant {name!r}: {key!r} is missing or not a {label}"
         if set(variant["quality"]) - set(variant["quality_tolerance"]):
             return f"variant {name!r}: a quality metric has no tolerance"
+        for key, (kind, label) in PAIRED_SHAPE.items():
+            if key in variant and not isinstance(variant[key], kind):
+                return f"variant {name!r}: {key!r} is not a {label}"
+        if set(variant.get("paired", {})) - set(variant.get("paired_tolerance", {})):
+            return f"variant {name!r}: a paired difference has no tolerance"
     return None
 
 
@@ -152,7 +190,7 @@ def baseline_problem(baseline: Any) -> str | None:
 @dataclass
 class Violation:
     variant: str
-    check: str  # "quality", "macs", "speedup", "missing"
+    check: str  # "quality", "paired", "macs", "speedup", "missing"
     metric: str
     baseline: str
     fresh: str
@@ -171,6 +209,7 @@ def compare(baseline: dict[str, Any], records: list[dict[str, Any]]) -> tuple[li
         records: the fresh records of the same suite.
     """
     measured = aggregate(records_frame(records))
+    measured = paired_frame(records, measured) if not measured.empty else measured
     fresh = {row["variant_hash"]: row for _, row in measured.iterrows()}
     speedup_tol = baseline["tolerances"]["speedup_tolerance"]
     violations, notes = [], []
@@ -180,6 +219,7 @@ def compare(baseline: dict[str, Any], records: list[dict[str, Any]]) -> tuple[li
             violations.append(Violation(base["label"], "missing", "-", "recorded", "no record", "a record"))
             continue
         violations += _quality_violations(base, row)
+        violations += _paired_violations(base, row)
         for col, value in base["macs"].items():
             now = _number(row.get(col))
             if now != value:
@@ -207,6 +247,18 @@ def _quality_violations(base: dict[str, Any], row: pd.Series) -> list[Violation]
         if now is not None and info.higher_is_better is not None:
             direction = " (better)" if (now > value) == info.higher_is_better else " (worse)"
         out.append(Violation(base["label"], "quality", col, fmt(value), ("—" if now is None else fmt(now)) + direction,
+                             f"± {fmt(tol)}"))
+    return out
+
+
+def _paired_violations(base: dict[str, Any], row: pd.Series) -> list[Violation]:
+    out = []
+    for col, value in base.get("paired", {}).items():
+        tol = base["paired_tolerance"][col]
+        now = _number(row.get(col))
+        if now is not None and abs(now - value) <= tol:
+            continue
+        out.append(Violation(base["label"], "paired", col, fmt(value), "—" if now is None else fmt(now),
                              f"± {fmt(tol)}"))
     return out
 

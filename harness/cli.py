@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "harness.commands.run",
     "harness.commands.table",
     "harness.commands.status",
+    "harness.commands.leaderboard",
     "harness.commands.check",
     "harness.commands.sample",
     "harness.commands.train",

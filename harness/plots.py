@@ -48,12 +48,17 @@ def pareto_png(table: pd.DataFrame, axis: str, primary: str, title: str) -> byte
 
 def pareto_figure(table: pd.DataFrame, axis: str, primary: str, title: str) -> Figure | None:
     """The Pareto plot of `pareto_png` as a figure: one colour per method, each setting with its own hollow
-    marker, a method's settings joined by cost, DDIM's step budgets annotated, the Pareto front in grey."""
+    marker (and, where the table has `paired.` columns, the 95% interval of its paired difference to DDIM at
+    the same steps as an error bar), a method's settings
+    joined by cost, DDIM's step budgets annotated, the Pareto front in grey with its points marked."""
     x_col, x_label = AXES[axis]
     y_col = f"quality.{primary}"
     if x_col not in table or y_col not in table:
         return None
-    data = table[[x_col, y_col, "method", "params", "steps"]].dropna(subset=[x_col, y_col])
+    # Error bars: the paired interval of the setting's difference to DDIM at the same steps, drawn around its
+    # value (absolute intervals are as wide as the seed-to-seed spread and would hide every difference).
+    ci = [f"paired.{primary}", f"paired.{primary}:low", f"paired.{primary}:high"]
+    data = table[[x_col, y_col, "method", "params", "steps", *[c for c in ci if c in table]]].dropna(subset=[x_col, y_col])
     if data.empty:
         return None
     scale, unit = 1.0, ""
@@ -73,6 +78,12 @@ def pareto_figure(table: pd.DataFrame, axis: str, primary: str, title: str) -> F
                 label=None if method in labelled else method, marker=MARKERS[i % len(MARKERS)],
                 markersize=max(11 - 1.5 * (i % len(MARKERS)), 4), fillstyle="none", markeredgewidth=1.2)
         labelled.add(method)
+        if all(c in group for c in ci) and method != FULL_COMPUTE:
+            diff, low, high = (group[c].to_numpy(float) for c in ci)
+            y = group[y_col].to_numpy(float)
+            yerr = np.vstack([np.clip(diff - low, 0, None), np.clip(high - diff, 0, None)])
+            ax.errorbar(group[x_col] / scale, y, yerr=np.nan_to_num(yerr), fmt="none", ecolor=colors[method],
+                        elinewidth=0.8, capsize=2, alpha=0.8)
         if method == FULL_COMPUTE:  # the step budgets along the DDIM curve
             for _, row in group.iterrows():
                 ax.annotate(str(row["steps"]), (row[x_col] / scale, row[y_col]), textcoords="offset points",
@@ -84,6 +95,7 @@ def pareto_figure(table: pd.DataFrame, axis: str, primary: str, title: str) -> F
     x, y = data[x_col].to_numpy(float), data[y_col].to_numpy(float)
     front = pareto_front(x, y, bool(info.higher_is_better))
     ax.step(x[front] / scale, y[front], where="post", color="0.5", linewidth=1, alpha=0.6, label="Pareto front")
+    ax.plot(x[front] / scale, y[front], "o", color="0.3", markersize=3)  # the front's settings, one legend entry
     arrow = {True: " (higher is better)", False: " (lower is better)", None: ""}[info.higher_is_better]
     ddim = data.loc[data["method"] == FULL_COMPUTE, y_col].to_numpy(float)
     off = _clip_to_ddim_range(ax, y, ddim, info.higher_is_better)
@@ -117,10 +129,18 @@ def _clip_to_ddim_range(ax, y: np.ndarray, ddim: np.ndarray, higher_is_better: b
     return outside
 
 
-def suite_plots(measured: pd.DataFrame, primary: str, suite_name: str) -> dict[str, bytes]:
-    """File name -> PNG bytes: pareto-<model>-<res>-{macs,latency}.png for each model and resolution."""
+def suite_plots(measured: pd.DataFrame, primary: str, suite_name: str, records: list | None = None) -> dict[str, bytes]:
+    """File name -> PNG bytes: pareto-<model>-<res>-{macs,latency}.png for each model and resolution.
+
+    With the suite's records, each method setting carries the 95% interval of its paired difference to DDIM
+    at the same steps as an error bar around its value.
+    """
     files = {}
     for (model, resolution), table in section_groups(measured):
+        if records:
+            from harness.comparisons import paired_columns
+
+            table = paired_columns(records, table)
         for axis in AXES:
             png = pareto_png(table, axis, primary, f"{suite_name}: {model} @ {resolution}px, quality vs {TITLES[axis]}")
             if png is not None:

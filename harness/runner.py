@@ -57,9 +57,13 @@ EVALUATORS: Registry[Callable[..., dict[str, float]]] = Registry("quality evalua
 def domain_quality(images: np.ndarray, labels: list[int], model: nn.Module, cell: Cell, reference: str | None,
                    **options: Any) -> dict[str, float]:
     """Domain FID / KID / precision / recall / conditional accuracy of the embedded models."""
-    from harness.metrics.domain import domain_metrics
+    from harness.metrics.domain import FLOOR_KEY, domain_metrics, floor_available, floor_metrics
 
-    return domain_metrics(images, model.spec.name, labels=labels, **options)
+    out = domain_metrics(images, model.spec.name, labels=labels, **options)
+    # The real-data floor of the same size, with the full-compute cells (seed sets beyond the floor digits: none).
+    if cell.method == FULL_COMPUTE and floor_available(model.spec.name, len(images), cell.seed_index):
+        out[FLOOR_KEY] = floor_metrics(model.spec.name, len(images), cell.seed_index, **options)
+    return out
 
 
 @EVALUATORS.register("inception")
@@ -97,7 +101,12 @@ def fidelity_metrics(out: SampleOutput, model: nn.Module, cell: Cell, same_run: 
                                            cell.steps, cell.cfg_scale, decode=out.images is not None,
                                            device=cell.device, dtype=torch_dtype(cell.dtype), batch_size=cell.batch_size,
                                            sampler=cell.sampler, eta=cell.eta)
-    return compute_fidelity_metrics(out.images, out.latents, reference)
+    metrics = compute_fidelity_metrics(out.images, out.latents, reference)
+    if out.images is not None and reference.images is not None:
+        from harness.metrics.fidelity_ci import fidelity_intervals
+
+        metrics.update(fidelity_intervals(out.images, reference.images, domain=default_evaluator(cell) == "domain"))
+    return metrics
 
 
 def macs_metrics(model: nn.Module, decisions: DecisionLog) -> dict[str, float]:

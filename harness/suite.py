@@ -161,6 +161,9 @@ class CheckConfig:
     quality_k: float = 3.0
     quality_floor: float = 1e-6
     speedup_tolerance: float = 0.25
+    # Paired differences (method - full-compute DDIM at the same steps, same seed sets) may move by
+    # paired_k x the baseline's 95% half-interval (at least quality_floor).
+    paired_k: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,14 @@ METRICS = {
     "accuracy": MetricInfo("cond. acc.", True), "psnr": MetricInfo("PSNR", True), "ssim": MetricInfo("SSIM", True),
     "latent_mse": MetricInfo("latent MSE", False, on_board=False),
     "domain_fid": MetricInfo("domain FID", False), "domain_kid_mean": MetricInfo("domain KID", False, on_board=False),
+    "domain_kid": MetricInfo("domain KID", False), "psnr_capped": MetricInfo("PSNR (capped)", True, on_board=False),
+    "domain_feature_distance": MetricInfo("feature dist.", False, on_board=False),
     "domain_precision": MetricInfo("domain precision", True), "domain_recall": MetricInfo("domain recall", True),
     "domain_f_score": MetricInfo("domain F", True, on_board=False),
     "domain_class_accuracy": MetricInfo("cond. acc.", True),
     "is_mean": MetricInfo("IS", True), "kid_mean": MetricInfo("KID", False),
     **{name: MetricInfo(name, None, shown=False) for name in (
-        "domain_kid_std", "domain_num_samples", "is_std", "kid_std", "num_samples", "num_reference", "psnr_std",
+        "domain_kid_std", "domain_num_samples", "domain_num_reference", "is_std", "kid_std", "num_samples", "num_reference", "psnr_std",
         "ssim_std", "identical_images")},
 }
 ARROWS = {True: " ↑", False: " ↓", None: ""}
@@ -280,7 +282,35 @@ def display_table(table: pd.DataFrame, primary: str) -> pd.DataFrame:
     for col, title, show in columns:
         if col in table:
             out[title] = [show(v) for v in table[col]]
-    return out.reset_index(drop=True)
+    return add_paired_display(out, table, primary).reset_index(drop=True)
+
+
+def add_paired_display(out: pd.DataFrame, table: pd.DataFrame, primary: str) -> pd.DataFrame:
+    """Columns from `comparisons.paired_columns`, where the records carried replicates: the primary metric
+    with its 95% interval, its paired difference to DDIM at the same steps, the DDIM-curve gains at matched
+    MACs / latency (replacing the interval-less ones), the feature distance to full compute, Pareto marks."""
+    from harness.rankings import ci_text, pareto_marks
+
+    if f"ci.{primary}" not in table or table[f"ci.{primary}"].isna().all():
+        return out
+    label = metric_info(primary).label
+
+    def shown(col: str, signed: bool = False, significance: bool = False) -> list[str]:
+        return [ci_text(r.get(col, math.nan), r.get(col + ":low", math.nan), r.get(col + ":high", math.nan),
+                        bool(r.get(col + ":sig", 0) == 1) if significance else None, signed)
+                for _, r in table.iterrows()]
+
+    out.insert(3, f"{label} [95% CI]", shown(f"ci.{primary}"))
+    paired = {f"paired.{primary}": f"Δ{label} vs DDIM same steps",
+              "paired.domain_class_accuracy": "Δcond. acc. vs DDIM same steps",
+              f"gain.macs.{primary}": "gain @MACs ↑", f"gain.latency.{primary}": "gain @latency ↑"}
+    for col, title in paired.items():
+        if col in table and table[col].notna().any():
+            out[title] = shown(col, signed=True, significance=True)
+    if "fidelity_ci.domain_feature_distance" in table:
+        out["feature dist. to full compute ↓"] = shown("fidelity_ci.domain_feature_distance")
+    out["Pareto"] = pareto_marks(table, primary).to_numpy()
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -380,22 +410,26 @@ def _match_measured(measured: pd.DataFrame, paper: pd.Series) -> pd.Series | Non
 #                                Files of a suite
 # ----------------------------------------------------------------------------------------
 
-def suite_tables(suite: Suite, measured: pd.DataFrame) -> dict[str, str]:
+def suite_tables(suite: Suite, measured: pd.DataFrame, records: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """File name -> content of every table of a suite (leaderboards in three formats, paper vs measured).
 
     Args:
         suite: the parsed suite.
         measured: `aggregate(records_frame(records))` of its current records.
+        records: those records, for paired differences, the real-data floor and who-wins tables (None: without).
     """
     md, tex, csv_parts = [f"# {suite.name}: leaderboard\n", suite.description + "\n" if suite.description else ""], [], []
     for (model, resolution), table in section_groups(measured):
-        full = with_comparisons(table, suite.primary_metric)
-        shown = display_table(full, suite.primary_metric)
+        full, shown, wins = section_tables(table, suite.primary_metric, records)
         title = f"{model} @ {resolution}px"
         md.append(f"\n## {title}\n\n{render_table(shown, 'markdown')}")
+        if wins is not None and not wins.empty:
+            md.append(f"\n### {title}: who wins at each budget\n\n{render_table(wins, 'markdown')}")
         tex.append(f"% {title}\n{render_table(shown, 'latex')}")
         csv_parts.append(full)
     md.append(f"\n{LEGEND}\n")
+    if records:
+        md.append(f"\n{PAIRED_LEGEND}\n")
     files = {"leaderboard.md": "".join(md), "leaderboard.tex": "\n".join(tex),
              "leaderboard.csv": render_table(pd.concat(csv_parts) if csv_parts else measured, "csv")}
     if len(suite.devices) > 1 or any(is_program_device(d) for d in suite.devices):
@@ -437,6 +471,41 @@ def latency_by_device(measured: pd.DataFrame, sources: Iterable[str] = ()) -> pd
     return pd.DataFrame(rows).fillna("—")
 
 
+def section_tables(table: pd.DataFrame, primary: str, records: list[dict[str, Any]] | None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """One model and resolution: the full numeric table, its display table (floor row first where the records
+    have one) and the who-wins table (None without records)."""
+    full = with_comparisons(table, primary)
+    if not records:
+        return full, display_table(full, primary), None
+    from harness.comparisons import paired_columns
+    from harness.rankings import who_wins
+
+    full = paired_columns(records, full)
+    shown = display_table(full, primary)
+    return full, with_floor_rows(shown, table, records, primary), who_wins(full, primary, records)
+
+
+def with_floor_rows(shown: pd.DataFrame, table: pd.DataFrame, records: list[dict[str, Any]], primary: str) -> pd.DataFrame:
+    """The real-data floor (`quality.floor` of the full-compute records) as the display table's first rows."""
+    from harness.comparisons import floor_estimates
+    from harness.rankings import ci_text
+
+    rows = []
+    for (model, resolution, device, n), metrics in floor_estimates(records).items():
+        if model != table["model"].iloc[0] or resolution != table["resolution"].iloc[0] or primary not in metrics:
+            continue
+        row = {c: "—" for c in shown.columns}
+        row.update({"method": "real data (floor)", "steps": "—", "params": f"{n} real digits per seed set"})
+        est = metrics[primary]
+        row[f"{metric_info(primary).label} [95% CI]"] = ci_text(est.value, est.low, est.high)
+        for name, est in metrics.items():
+            if header(name) in row:
+                row[header(name)] = fmt(est.value)
+        rows.append(row)
+    return pd.concat([pd.DataFrame(rows, columns=shown.columns), shown], ignore_index=True) if rows else shown
+
+
 def section_groups(measured: pd.DataFrame) -> list[tuple[tuple[str, int], pd.DataFrame]]:
     if measured.empty:
         return []
@@ -456,6 +525,17 @@ DEVICE_LEGEND = (
     "Sampler latency (decode excluded) per device: torch devices time eager sampling; `executorch-host` and "
     "`android*` time the exported ExecuTorch program (XNNPACK). Speedup: DDIM at the same steps over the method, "
     "timed in the same cell. Paper rows are the published figures on their own device and model, for reference."
+)
+
+PAIRED_LEGEND = (
+    "*[95% CI]*: bootstrap over images (and over seed sets where there are several) on a resampling plan shared "
+    "by every cell, so two cells' replicates pair image by image. *Δ vs DDIM same steps*: the method minus "
+    "full-compute DDIM at the same steps on the same seeds and labels; *gain @MACs / @latency*: the method's "
+    "advantage over the DDIM curve interpolated (replicate by replicate) at its MACs / latency, positive = better; "
+    "\\* = the interval excludes zero. *feature dist.*: per-image distance of the domain classifier's unit-normalised "
+    "features to the full-compute image (LPIPS-like). *Pareto*: on the quality-vs-MACs (M) / quality-vs-latency (L) "
+    "frontier. *real data (floor)*: real digits the classifier never saw, disjoint from the reference, as many per "
+    "seed set as a cell generates: what a perfect model scores."
 )
 
 
@@ -485,9 +565,10 @@ def write_reports(suite: Suite, results_dir: str | Path) -> list[Path]:
     from harness.plots import suite_plots
     from harness.store import suite_dir
 
-    measured = aggregate(records_frame(current_records(suite, results_dir)))
+    records = current_records(suite, results_dir)
+    measured = aggregate(records_frame(records))
     folder = suite_dir(results_dir, suite.name)
-    files: dict[str, str | bytes] = dict(suite_tables(suite, measured))
-    files.update(suite_plots(measured, suite.primary_metric, suite.name))
+    files: dict[str, str | bytes] = dict(suite_tables(suite, measured, records))
+    files.update(suite_plots(measured, suite.primary_metric, suite.name, records))
     return [atomic_write_bytes(folder / name, content.encode() if isinstance(content, str) else content)
             for name, content in sorted(files.items())]

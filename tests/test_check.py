@@ -126,3 +126,63 @@ def test_cli_writes_a_baseline_then_gates_with_exit_status(tmp_path, capsys):
     assert main(["check", str(spec), "--baseline", base, "--results-dir", str(tmp_path / "fresh")]) == 1
     out = capsys.readouterr().out
     assert "2 violation(s)" in out and "| quality" in out
+
+
+# ---- paired differences: the gate on what matters ----------------------------------------------
+
+PAIRED_SUITE = {"name": "gate", "models": [MODEL], "steps": [10, 20], "seeds": [0, 1], "primary_metric": "domain_fid",
+                "methods": ["ddim", {"name": "fora", "steps": [20], "args": {"interval": 2}}],
+                "check": {"quality_k": 3.0, "speedup_tolerance": 0.25, "paired_k": 1.0}}
+
+
+def paired_records(fora_fid: float = 12.0, fora_macs: float = 15.0, fora_speedup: float = 1.5) -> list[dict]:
+    """DDIM-10 / DDIM-20 (FID 20 / 10) and FORA at 20 steps, with replicates that pair up per seed set; a seed
+    set moves every cell's FID by the same +-2 (the seed-to-seed spread that the paired difference cancels)."""
+    from paired_records import paired_record
+
+    out = []
+    for cell in Suite.from_dict(PAIRED_SUITE).cells():
+        seed_set = 2.0 if cell.seed else -2.0
+        if cell.method == "ddim":
+            out.append(paired_record(cell, 200.0 / cell.steps + seed_set, 1.0 * cell.steps, 0.1 * cell.steps))
+        else:
+            out.append(paired_record(cell, fora_fid + seed_set, fora_macs, 2.0 / fora_speedup, speedup=fora_speedup))
+    return out
+
+
+def paired_baseline() -> dict:
+    return make_baseline(Suite.from_dict(PAIRED_SUITE), paired_records())
+
+
+def fora_violations(violations) -> list[tuple[str, str]]:
+    return sorted((v.check, v.metric) for v in violations if "fora" in v.variant)
+
+
+def test_the_baseline_holds_each_methods_paired_difference_and_its_tolerance():
+    fora = next(v for v in paired_baseline()["variants"].values() if "fora" in v["label"])
+    assert fora["paired"]["paired.domain_fid"] == pytest.approx(2.0)
+    assert 0 < fora["paired_tolerance"]["paired.domain_fid"] < 1.0  # the shared seed-set noise cancels
+
+
+def test_a_clean_rerun_does_not_fire():
+    violations, notes = compare(paired_baseline(), paired_records())
+    assert violations == [] and notes == []
+
+
+def test_a_method_that_computes_everything_where_it_used_to_skip_fails_on_macs():
+    violations, _ = compare(paired_baseline(), paired_records(fora_macs=20.0))
+    assert fora_violations(violations) == [("macs", "macs.macs_all_per_image"), ("macs", "macs.macs_linear_per_image")]
+
+
+def test_a_method_that_got_worse_fails_on_its_paired_difference_before_its_absolute_fid_moves():
+    violations, _ = compare(paired_baseline(), paired_records(fora_fid=13.5))
+    assert ("paired", "paired.domain_fid") in fora_violations(violations)
+    assert ("quality", "quality.domain_fid") not in fora_violations(violations)  # inside the seed-to-seed band
+    worse = next(v for v in violations if v.metric == "paired.domain_fid")
+    assert (worse.baseline, worse.fresh) == ("2.00", "3.50") and worse.allowed.startswith("± ")
+    assert "fora(interval=2) steps=20" in worse.variant
+
+
+def test_a_slower_sampler_fails_on_the_speedup():
+    violations, _ = compare(paired_baseline(), paired_records(fora_speedup=1.0))
+    assert fora_violations(violations) == [("speedup", "speedup")]

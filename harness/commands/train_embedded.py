@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
 @TRAINERS.register("digits-classifier")
 def add_classifier_parser(trainers: argparse._SubParsersAction) -> None:
     parser = trainers.add_parser(
-        "digits-classifier", help="train the domain classifier behind domain FID (digits-cnn)",
+        "digits-classifier", help="train the domain classifier behind domain FID (digits-cnn) on the held-out digits",
         formatter_class=example_formatter,
         epilog="example:\n  python -m harness train digits-classifier --install",
     )
-    parser.add_argument("--epochs", type=int, default=30, help="default: %(default)s")
+    parser.add_argument("--epochs", type=int, default=120, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")

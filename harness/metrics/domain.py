@@ -1,14 +1,17 @@
-"""Domain metrics for the embedded digits models: a small digit classifier as torch-fidelity's feature extractor.
+"""Domain metrics for the embedded digits models: a small digit classifier's features, FID / KID / PR on them.
 
-Inception features say little about 8x8 grayscale digits, so the embedded default measures
-FID / KID / precision-recall on the penultimate features of a CNN trained on the same train
-split ("domain FID"). The classifier is registered with `torch_fidelity.register_feature_extractor`
-under `DOMAIN_EXTRACTOR`, so the metrics go through torch-fidelity's own code; the held-out
-split's features and FID statistics are cached by torch-fidelity (atomically) under a name
-that holds the split's content hash and the classifier's sha256.
+Inception features say little about 8x8 grayscale digits, so the embedded default measures FID,
+unbiased KID and precision / recall on the penultimate (fc, 128-d) features of a small CNN ("domain
+FID"). The CNN is trained on digits that no compared set contains (`harness.metrics.domain_sets`:
+classifier / reference / floor roles), generated images are scored against the reference role, and the
+floor role gives a real-data floor of the same size. Every set metric comes with bootstrap replicates
+over images on the shared resampling plan (`harness.bootstrap`), so tables can pair any two cells.
+The classifier is also registered as a torch-fidelity feature extractor (`DOMAIN_EXTRACTOR`) for
+anyone who wants torch-fidelity's own metrics on these features; the tests check both agree.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -17,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.cache import cache_root
+from harness import bootstrap
 from harness.data import NUM_CLASSES, load_digits_split, upsample
-from harness.metrics.quality import ImageArrayDataset
+from harness.metrics.feature_stats import ReferenceSet, frechet_distance, kernel_distance, precision_recall
 from harness.models.vae import to_uint8
 
 DOMAIN_EXTRACTOR = "digits-cnn"  # torch-fidelity feature extractor name
@@ -27,23 +30,22 @@ CLASSIFIER_NAME = "digits-classifier"  # its entry in harness/zoo/manifest.json 
 CLASSIFIER_SIZE = 16  # inputs are resized (bilinear) to this many pixels
 FEATURE_LAYERS = ("conv", "fc", "logits")  # (N, 64) pooled conv, (N, 128) penultimate, (N, 10) logits
 DEFAULT_FEATURE_LAYER = "fc"
+FEATURE_COMPONENTS = 32  # principal axes of the fc features that the set metrics use
 
-# Keys of `domain_metrics` (torch-fidelity's values, renamed with a domain_ prefix).
+# Keys of `domain_metrics`.
 DOMAIN_FID = "domain_fid"
-DOMAIN_KID_MEAN = "domain_kid_mean"
-DOMAIN_KID_STD = "domain_kid_std"
+DOMAIN_KID = "domain_kid"  # unbiased MMD^2 on the whole sets (no subsets)
 DOMAIN_PRECISION = "domain_precision"
 DOMAIN_RECALL = "domain_recall"
-DOMAIN_F_SCORE = "domain_f_score"
 DOMAIN_ACCURACY = "domain_class_accuracy"  # share of samples classified as their conditioning label
 DOMAIN_NUM_SAMPLES = "domain_num_samples"
-DOMAIN_KEYS = (DOMAIN_FID, DOMAIN_KID_MEAN, DOMAIN_KID_STD, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_F_SCORE,
-               DOMAIN_ACCURACY, DOMAIN_NUM_SAMPLES)
-_FIDELITY_KEYS = {
-    "frechet_inception_distance": DOMAIN_FID, "kernel_inception_distance_mean": DOMAIN_KID_MEAN,
-    "kernel_inception_distance_std": DOMAIN_KID_STD, "precision": DOMAIN_PRECISION, "recall": DOMAIN_RECALL,
-    "f_score": DOMAIN_F_SCORE,
-}
+DOMAIN_NUM_REFERENCE = "domain_num_reference"
+BOOTSTRAP_KEY = "bootstrap"  # replicates of the set metrics (harness.bootstrap), a nested object
+FLOOR_KEY = "floor"  # the real-data floor of the same size (full-compute cells only), a nested object
+DOMAIN_KEYS = (DOMAIN_FID, DOMAIN_KID, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_ACCURACY, DOMAIN_NUM_SAMPLES,
+               DOMAIN_NUM_REFERENCE, BOOTSTRAP_KEY)
+BOOTSTRAPPED = (DOMAIN_FID, DOMAIN_KID, DOMAIN_ACCURACY)
+FEATURE_DISTANCE = "domain_feature_distance"  # fidelity: LPIPS-like distance to the full-compute image
 
 
 #################################################################################
@@ -93,46 +95,57 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1
     return torch.stack([pad[i, :, dy:dy + size, dx:dx + size] for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
-def train_classifier(epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> tuple[DigitsClassifier, dict]:
-    """Trains the domain classifier on the train split (16x16, uint8-rounded, random 1-pixel shifts).
+def train_classifier(epochs: int = 120, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> tuple[DigitsClassifier, dict]:
+    """Trains the domain classifier on the "classifier" role's digits (16x16, uint8-rounded, random 1-pixel shifts).
+
+    Those are the 359 held-out digits (`harness.metrics.domain_sets`): neither the DiTs nor the reference
+    and floor sets contain them, so the feature space is not fitted to any image a metric compares.
+    Deterministic: one torch thread, a seeded generator for init, shuffling and shifts.
 
     Args:
         epochs, batch_size, lr: Adam's schedule (constant lr).
         seed: torch seed for init, shuffling and shifts.
-    Returns the classifier (eval mode) and a summary with the held-out accuracy.
+    Returns the classifier (eval mode) and a summary with its accuracy on the unseen train split.
     """
     import time
 
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    train = load_digits_split("train", CLASSIFIER_SIZE)
-    x, y = quantize(train.images), train.labels
-    model = DigitsClassifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(y), generator=generator)
-        for lo in range(0, len(y), batch_size):
-            idx = order[lo:lo + batch_size]
-            loss = F.cross_entropy(model(random_shift(x[idx], generator)), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    summary = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "train_data_hash": train.data_hash,
-               "device": f"cpu ({torch.get_num_threads()} threads)",
-               "wall_time_s": round(time.perf_counter() - start, 1), "final_loss": round(loss.item(), 6),
-               "heldout_accuracy": round(heldout_accuracy(model), 4)}
+    from harness.metrics.domain_sets import role_images
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU kernels' reduction order, hence the weights, depend on the thread count
+    try:
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        images, y, data_hash = role_images("classifier", CLASSIFIER_SIZE)
+        x = quantize(images)
+        model = DigitsClassifier()
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        start = time.perf_counter()
+        for _ in range(epochs):
+            model.train()
+            order = torch.randperm(len(y), generator=generator)
+            for lo in range(0, len(y), batch_size):
+                idx = order[lo:lo + batch_size]
+                loss = F.cross_entropy(model(random_shift(x[idx], generator)), y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        model.eval()
+        wall = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    summary = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "train_role": "classifier",
+               "train_data_hash": data_hash, "device": "cpu (1 thread)", "wall_time_s": round(wall, 1),
+               "final_loss": round(loss.item(), 6), "unseen_accuracy": round(unseen_accuracy(model), 4)}
     return model, summary
 
 
 @torch.no_grad()
-def heldout_accuracy(model: DigitsClassifier, resolution: int = CLASSIFIER_SIZE) -> float:
-    """Top-1 accuracy on the held-out split at `resolution`, after uint8 rounding."""
-    heldout = load_digits_split("heldout", resolution)
-    predictions = model.eval()(quantize(heldout.images)).argmax(dim=1)
-    return (predictions == heldout.labels).float().mean().item()
+def unseen_accuracy(model: DigitsClassifier, resolution: int = CLASSIFIER_SIZE) -> float:
+    """Top-1 accuracy on the train split (the reference and floor roles, which the classifier never saw), uint8-rounded."""
+    train = load_digits_split("train", resolution)
+    predictions = model.eval()(quantize(train.images)).argmax(dim=1)
+    return (predictions == train.labels).float().mean().item()
 
 
 def install_classifier(model: DigitsClassifier, summary: dict, command: str, zoo_dir: str | os.PathLike | None = None) -> dict:
@@ -147,6 +160,7 @@ def install_classifier(model: DigitsClassifier, summary: dict, command: str, zoo
     atomic_torch_save({k: v.half() for k, v in model.state_dict().items()}, zoo / file)
     entry = dict(summary, name=CLASSIFIER_NAME, kind="classifier", file=file, sha256=sha256_file(zoo / file), dtype="float16",
                  architecture="DigitsClassifier (4 conv 3x3, 2 maxpool, fc 128, 10 logits), 16x16 input",
+                 data="the 359 held-out digits (harness.metrics.domain_sets role 'classifier'); accuracy on the 1,438 unseen train digits",
                  training_command=command, feature_extractor=DOMAIN_EXTRACTOR)
     record_entry(entry, zoo)
     return entry
@@ -223,11 +237,6 @@ def register_domain_extractor() -> str:
 #                          Reference and domain metrics                         #
 #################################################################################
 
-def cache_dir() -> Path:
-    """Where torch-fidelity caches the reference features and statistics: <harness cache>/domain."""
-    return cache_root() / "domain"
-
-
 def resolve_resolution(model_or_resolution: str | int | None, images: np.ndarray | None = None) -> int:
     """A pixel size from an embedded model name, an int, or (None) the images' own height."""
     from harness.models.zoo import EMBEDDED_ARCHS, canonical_name
@@ -241,63 +250,162 @@ def resolve_resolution(model_or_resolution: str | int | None, images: np.ndarray
     return model_or_resolution
 
 
-def reference_images(resolution: int) -> tuple[np.ndarray, str]:
-    """The held-out split at `resolution` as uint8 (N, H, W, 1), and the cache name holding its content hash."""
-    heldout = load_digits_split("heldout", resolution)
-    images = to_uint8(heldout.images)
-    name = f"digits-heldout-{resolution}px-{heldout.data_hash[:16]}-clf{classifier_entry()['sha256'][:16]}"
-    return images, name
+@torch.no_grad()
+def raw_features(images: np.ndarray, layer: str = DEFAULT_FEATURE_LAYER) -> np.ndarray:
+    """The classifier's `layer` activations (N, d) float64 of uint8 images (N, H, W, C)."""
+    if layer not in FEATURE_LAYERS:
+        raise ValueError(f"unknown feature layer {layer!r}; accepted: {', '.join(FEATURE_LAYERS)}")
+    x = uint8_to_input(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+    return _classifier().features(x)[layer].double().numpy()
+
+
+@functools.lru_cache(maxsize=None)
+def feature_basis(*, layer: str = DEFAULT_FEATURE_LAYER, resolution: int = CLASSIFIER_SIZE) -> tuple[np.ndarray, np.ndarray, float]:
+    """The evaluation feature space: mean, top `FEATURE_COMPONENTS` principal axes (d, k) and the KID scale.
+
+    Fitted on the classifier role's digits (the classifier's own training images, which no compared set
+    contains), so the space is fixed before any generated, reference or floor image is seen. Fewer
+    dimensions than the classifier's 128 keep FID's estimator noise small at a few hundred images per
+    cell (128-d FID at 512 images resolved DDIM-25 vs DDIM-50 with a CI 1.6x wider, see results/embedded/README.md).
+    The KID scale makes the projected features' root-mean-square coordinate 1, so the polynomial kernel
+    sees O(1) inputs (as with Inception features) and KID comes out in the usual 1e-3 .. 1e-1 range.
+    """
+    images, _, _ = role_uint8("classifier", resolution)
+    raw = raw_features(images, layer)
+    mean = raw.mean(axis=0)
+    _, _, vt = np.linalg.svd(raw - mean, full_matrices=False)
+    basis = vt[:FEATURE_COMPONENTS].T
+    basis = basis * np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])  # sign-fixed axes
+    projected = (raw - mean) @ basis
+    return mean, basis, float(np.sqrt((projected ** 2).mean()))
+
+
+def image_features(images: np.ndarray, layer: str = DEFAULT_FEATURE_LAYER) -> np.ndarray:
+    """Evaluation features (N, FEATURE_COMPONENTS): the classifier's `layer` projected on `feature_basis`."""
+    mean, basis, _ = feature_basis(layer=layer)
+    return (raw_features(images, layer) - mean) @ basis
+
+
+@functools.lru_cache(maxsize=None)
+def _classifier() -> DigitsClassifier:
+    return load_classifier()
+
+
+@functools.lru_cache(maxsize=None)
+def role_uint8(role: str, resolution: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """A role's digits (`domain_sets`) as uint8 (N, H, W, 1) the way a sampler writes them, labels, content hash."""
+    from harness.metrics.domain_sets import role_images
+
+    images, labels, data_hash = role_images(role, resolution)
+    return to_uint8(images), labels.numpy(), data_hash
+
+
+@functools.lru_cache(maxsize=None)
+def reference_set(resolution: int, *, layer: str = DEFAULT_FEATURE_LAYER) -> ReferenceSet:
+    """The reference role's features at `resolution` (computed once per process)."""
+    images, _, _ = role_uint8("reference", resolution)
+    return ReferenceSet(image_features(images, layer), kid_scale=feature_basis(layer=layer)[2])
+
+
+def reference_name(resolution: int) -> str:
+    """Names the reference set and the feature space: content hash and classifier sha256."""
+    _, _, data_hash = role_uint8("reference", resolution)
+    return f"digits-reference-{resolution}px-{data_hash[:16]}-clf{classifier_entry()['sha256'][:16]}"
 
 
 def domain_provenance(model_or_resolution: str | int) -> dict:
     """Hashes a record needs to say which features and reference produced its domain metrics."""
     resolution = resolve_resolution(model_or_resolution)
-    _, name = reference_images(resolution)
     return {"domain_feature_extractor": DOMAIN_EXTRACTOR, "domain_classifier_sha256": classifier_entry()["sha256"],
-            "domain_reference": name, "domain_feature_layer": DEFAULT_FEATURE_LAYER}
+            "domain_reference": reference_name(resolution), "domain_feature_layer": DEFAULT_FEATURE_LAYER,
+            "domain_feature_components": FEATURE_COMPONENTS, "domain_replicate_plan_seed": bootstrap.PLAN_SEED}
 
 
 @torch.no_grad()
+def correct_labels(images: np.ndarray, labels: np.ndarray | list[int]) -> np.ndarray:
+    """Per image: does the classifier assign it its label (bool, N)."""
+    logits = torch.from_numpy(raw_features(images, "logits"))
+    return (logits.argmax(dim=1) == torch.as_tensor(np.asarray(labels))).numpy()
+
+
 def conditional_accuracy(images: np.ndarray, labels: np.ndarray | list[int]) -> float:
     """Share of uint8 images (N, H, W, C) that the classifier assigns to their label."""
-    x = uint8_to_input(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
-    predictions = load_classifier()(x).argmax(dim=1)
-    return (predictions == torch.as_tensor(np.asarray(labels))).float().mean().item()
+    return float(correct_labels(images, labels).mean())
 
 
 def domain_metrics(images: np.ndarray, model_or_resolution: str | int | None = None, labels=None,
-                   feature_layer: str = DEFAULT_FEATURE_LAYER, kid_subsets: int = 100, prc_neighborhood: int = 3,
-                   verbose: bool = False) -> dict[str, float]:
-    """Domain FID, KID, precision / recall against the held-out digits (and accuracy given labels).
+                   feature_layer: str = DEFAULT_FEATURE_LAYER, prc_neighborhood: int = 3,
+                   replicates: int = bootstrap.REPLICATES) -> dict:
+    """Domain FID, unbiased KID, precision / recall against the reference digits, with bootstrap replicates.
 
     Args:
-        images: generated uint8 images (N, H, W, C), C = 1 or 3.
+        images: generated uint8 images (N, H, W, C), C = 1 or 3; image i pairs with image i of every other
+            cell with the same seeds and labels.
         model_or_resolution: "embedded/digits-8", 16, ... (default: the images' height); picks the reference.
         labels: the conditioning labels, one per image, for `DOMAIN_ACCURACY` (omitted when None).
-        feature_layer: the classifier layer for FID / KID / PR, one of `FEATURE_LAYERS`.
-        kid_subsets: KID subsets; the subset size is min(1000, N, reference size).
+        feature_layer: the classifier layer, one of `FEATURE_LAYERS`.
         prc_neighborhood: k of the k-NN manifolds for precision / recall.
-    Returns a dict with the `DOMAIN_*` keys.
+        replicates: bootstrap replicates stored per set metric (0: none).
+    Returns a dict with the `DOMAIN_*` keys and `BOOTSTRAP_KEY` (replicates as `harness.bootstrap` text).
     """
-    import torch_fidelity
-
-    if feature_layer not in FEATURE_LAYERS:
-        raise ValueError(f"unknown feature layer {feature_layer!r}; accepted: {', '.join(FEATURE_LAYERS)}")
     resolution = resolve_resolution(model_or_resolution, images)
     if images.shape[1:3] != (resolution, resolution):
         raise ValueError(f"images are {images.shape[1]}x{images.shape[2]}; the reference for this model is {resolution}x{resolution}")
-    reference, cache_name = reference_images(resolution)
     if len(images) < prc_neighborhood + 1:
         raise ValueError(f"need at least {prc_neighborhood + 1} images for domain metrics; got {len(images)}")
-    result = torch_fidelity.calculate_metrics(
-        input1=ImageArrayDataset(images), input2=ImageArrayDataset(reference), input2_cache_name=cache_name,
-        cache_root=str(cache_dir()), feature_extractor=register_domain_extractor(), feature_layer_fid=feature_layer,
-        feature_layer_kid=feature_layer, feature_layer_prc=feature_layer, fid=True, kid=True, prc=True,
-        kid_subsets=kid_subsets, kid_subset_size=min(1000, len(images), len(reference)),
-        prc_neighborhood=prc_neighborhood, cuda=False, save_cpu_ram=True, batch_size=256, verbose=verbose,
-    )
-    out = {_FIDELITY_KEYS[k]: float(v) for k, v in result.items() if k in _FIDELITY_KEYS}
-    out[DOMAIN_NUM_SAMPLES] = len(images)
+    reference = reference_set(resolution, layer=feature_layer)
+    features = image_features(images, feature_layer)
+    precision, recall = precision_recall(features, reference, prc_neighborhood)
+    out = {DOMAIN_FID: float(frechet_distance(features, reference)[0]),
+           DOMAIN_KID: float(kernel_distance(features, reference)[0]),
+           DOMAIN_PRECISION: precision, DOMAIN_RECALL: recall,
+           DOMAIN_NUM_SAMPLES: len(images), DOMAIN_NUM_REFERENCE: len(reference.features)}
+    correct = None
     if labels is not None:
-        out[DOMAIN_ACCURACY] = conditional_accuracy(images, labels)
+        correct = correct_labels(images, labels).astype(np.float64)
+        out[DOMAIN_ACCURACY] = float(correct.mean())
+    if replicates:
+        counts = bootstrap.resample_counts(len(images), replicates)
+        reps = {DOMAIN_FID: frechet_distance(features, reference, counts),
+                DOMAIN_KID: kernel_distance(features, reference, counts)}
+        if correct is not None:
+            reps[DOMAIN_ACCURACY] = counts @ correct / len(images)
+        out[BOOTSTRAP_KEY] = {"replicates": replicates, "plan_seed": bootstrap.PLAN_SEED, "encoding": bootstrap.ENCODING,
+                              **{k: bootstrap.encode(out[k], v) for k, v in reps.items()}}
     return out
+
+
+def floor_images(resolution: int, n: int, seed_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The real-data floor's set `seed_index` of n images: disjoint from the reference and from other seed sets.
+
+    Raises when the floor role holds fewer than (seed_index + 1) * n digits: a smaller or overlapping
+    floor would not be comparable with n generated images (FID's finite-sample bias depends on n).
+    """
+    images, labels, _ = role_uint8("floor", resolution)
+    if (seed_index + 1) * n > len(images):
+        raise ValueError(f"a real-data floor of {n} images for seed set {seed_index} needs {(seed_index + 1) * n} "
+                         f"floor digits; there are {len(images)} (use at most {len(images) // (seed_index + 1)} "
+                         "images per seed set)")
+    return images[seed_index * n:(seed_index + 1) * n], labels[seed_index * n:(seed_index + 1) * n]
+
+
+def floor_available(model_or_resolution: str | int, n: int, seed_index: int = 0) -> bool:
+    """Whether the floor role holds a disjoint set of n digits for seed set `seed_index`."""
+    return (seed_index + 1) * n <= len(role_uint8("floor", resolve_resolution(model_or_resolution))[1])
+
+
+def floor_metrics(model_or_resolution: str | int, n: int, seed_index: int = 0, **options) -> dict:
+    """`domain_metrics` of the floor's set `seed_index` of n real digits (what a perfect model would score)."""
+    resolution = resolve_resolution(model_or_resolution)
+    images, labels = floor_images(resolution, n, seed_index)
+    out = domain_metrics(images, resolution, labels=labels, **options)
+    out["floor_data_hash"] = role_uint8("floor", resolution)[2]
+    return out
+
+
+def feature_distance(images: np.ndarray, reference_images: np.ndarray) -> np.ndarray:
+    """Per-image LPIPS-like distance (N,): squared distance of unit-normalised fc features of paired images."""
+    a, b = image_features(images), image_features(reference_images)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return ((a - b) ** 2).sum(axis=1)

@@ -5,7 +5,8 @@
 
 Grids: rows = classes 0..9, DDIM-50, cfg 1.5 (DiT's FID scale), seeds 0..9 per row. Metrics: for each
 DDIM budget, `--num-samples` images (labels i % 10) per seed set, domain FID / KID / PR against the
-held-out split and conditional accuracy; the spread is over `--seed-sets` disjoint seed sets.
+reference digits (harness/metrics/domain_sets.py) and conditional accuracy; the spread is over `--seed-sets`
+disjoint seed sets. The floor row scores as many disjoint sets of real floor digits (seed sets x samples <= 721).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from harness import load_model, sample
-from harness.metrics.domain import DOMAIN_ACCURACY, DOMAIN_FID, DOMAIN_KID_MEAN, DOMAIN_PRECISION, DOMAIN_RECALL, domain_metrics
+from harness.metrics.domain import DOMAIN_ACCURACY, DOMAIN_FID, DOMAIN_KID, DOMAIN_PRECISION, DOMAIN_RECALL, domain_metrics
 from harness.models.zoo import EMBEDDED_ARCHS
 
 OUT = Path(__file__).resolve().parent
@@ -61,31 +62,29 @@ def evaluate(model, name: str, budgets: list[int], cfg: float, n: int, seed_sets
         for s in range(seed_sets):
             start = time.perf_counter()
             out = sample(model, class_labels=labels, seeds=[s * SEED_SET_STRIDE + i for i in range(n)], steps=steps, cfg_scale=cfg)
-            metrics = domain_metrics(out.images, name, labels=labels)
+            metrics = domain_metrics(out.images, name, labels=labels, replicates=0)
             metrics["sample_s"] = round(time.perf_counter() - start, 1)
             runs.append(metrics)
             print(f"{name} ddim{steps} seedset{s}: fid {metrics[DOMAIN_FID]:.1f} acc {metrics[DOMAIN_ACCURACY]:.3f}", file=sys.stderr, flush=True)
-        keys = (DOMAIN_FID, DOMAIN_KID_MEAN, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_ACCURACY)
+        keys = (DOMAIN_FID, DOMAIN_KID, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_ACCURACY)
         table[f"ddim{steps}"] = {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs])),
                                      "values": [r[k] for r in runs]} for k in keys}
     return table
 
 
 def real_floor(name: str, n: int, seed_sets: int) -> dict:
-    """The same metrics for disjoint sets of n real train images: what a perfect model would score."""
-    from harness.data import load_digits_split
-    from harness.models.vae import to_uint8
+    """The same metrics for disjoint sets of n real floor digits (never seen by the classifier, disjoint from the
+    reference): what a perfect model would score."""
+    from harness.metrics.domain import floor_metrics
 
-    train = load_digits_split("train", EMBEDDED_ARCHS[name]["input_size"])
-    images, labels = to_uint8(train.images), train.labels.numpy()
-    runs = [domain_metrics(images[s * n:(s + 1) * n], name, labels=labels[s * n:(s + 1) * n]) for s in range(seed_sets)]
+    runs = [floor_metrics(name, n, s, replicates=0) for s in range(seed_sets)]
     return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))}
-            for k in (DOMAIN_FID, DOMAIN_KID_MEAN, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_ACCURACY)}
+            for k in (DOMAIN_FID, DOMAIN_KID, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_ACCURACY)}
 
 
 def markdown_table(report: dict) -> str:
     """One row per model and budget: mean +- std over the seed sets."""
-    keys = (DOMAIN_FID, DOMAIN_KID_MEAN, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_ACCURACY)
+    keys = (DOMAIN_FID, DOMAIN_KID, DOMAIN_PRECISION, DOMAIN_RECALL, DOMAIN_ACCURACY)
     head = "| model | sampler | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n"
     rows = []
     for name, table in report["models"].items():
@@ -101,7 +100,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", action="append", default=[], help="NAME=PATH: evaluate a run's checkpoint instead")
     parser.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 25, 50])
     parser.add_argument("--cfg", type=float, default=1.5)
-    parser.add_argument("--num-samples", type=int, default=300)
+    parser.add_argument("--num-samples", type=int, default=240)
     parser.add_argument("--seed-sets", type=int, default=3)
     parser.add_argument("--grid-only", action="store_true")
     parser.add_argument("--suffix", default="")
@@ -112,7 +111,7 @@ def main() -> int:
         model = load(name, checkpoints.get(name))
         print(f"grid: {make_grid(model, name, 50, args.cfg, args.suffix)}", file=sys.stderr)
         if not args.grid_only:
-            table = {"real train images": real_floor(name, args.num_samples, args.seed_sets)}
+            table = {"real floor digits": real_floor(name, args.num_samples, args.seed_sets)}
             table.update(evaluate(model, name, args.budgets, args.cfg, args.num_samples, args.seed_sets))
             report["models"][name] = table
     if not args.grid_only:
