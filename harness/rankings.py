@@ -21,8 +21,11 @@ TOLERANCE = 1e-9  # relative: a cost equal to the budget is at the budget
 
 def quality_of(table: pd.DataFrame, primary: str) -> pd.Series:
     """The primary quality per row: the bootstrap point (`ci.` column) where present, else the seed mean."""
-    col = f"ci.{primary}"
-    return table[col] if col in table and table[col].notna().any() else table[f"quality.{primary}"]
+    col, mean = f"ci.{primary}", f"quality.{primary}"
+    if col in table and table[col].notna().any():
+        return table[col]
+    # A cost-only suite (perf-*) measures no quality: nothing to rank by.
+    return table[mean] if mean in table else pd.Series(np.nan, index=table.index)
 
 
 def pareto_marks(table: pd.DataFrame, primary: str) -> pd.Series:
