@@ -125,7 +125,7 @@ class ModelEntry:
     checkpoint: str | None = None  # official .pt (a path, or a file name found in $HARNESS_CHECKPOINT_DIR)
     random_init: bool = False  # benchmark costs on random weights (no quality metrics then)
     evaluator: str | None = None  # quality evaluator: "domain" (embedded), "inception" (ImageNet)
-    evaluator_args: dict[str, Any] = field(default_factory=dict)  # e.g. { kid_subsets = 10 }
+    evaluator_args: dict[str, Any] = field(default_factory=dict)  # keyword options of the evaluator, e.g. { prc_neighborhood = 5 }
     reference: str | None = None  # reference statistics for the evaluator (ADM .npz)
 
 
