@@ -461,7 +461,8 @@ def latency_by_device(measured: pd.DataFrame, sources: Iterable[str] = ()) -> pd
     timed = published[published["latency_s"].notna()] if not published.empty else published
     for _, paper in timed.iterrows():
         ddim = timed[(timed["source"] == paper["source"]) & (timed["method"] == FULL_COMPUTE)
-                     & (timed["steps"] == paper["steps"]) & (timed["model"] == paper["model"])]
+                     & (timed["steps"] == paper["steps"]) & (timed["model"] == paper["model"])
+                     & (timed["resolution"] == paper["resolution"])]
         speedup = ddim["latency_s"].iloc[0] / paper["latency_s"] if len(ddim) else math.nan
         lazy = f" lazy={fmt(paper['lazy_ratio'])}" if np.isfinite(paper["lazy_ratio"]) else ""
         rows.append({"source": f"{paper['source']} ({paper['latency_device']})", "model": paper["model"],

@@ -30,3 +30,12 @@ def test_paper_phone_rows_carry_the_published_speedup_over_ddim_at_the_same_step
     lazy50 = paper[(paper["method"] == "lazydit") & (paper["steps"] == "50")].iloc[0]
     assert "Snapdragon" in lazy50["source"]
     assert lazy50["paper speedup ↑"] == "1.89"  # 21.62 s / 11.41 s: the paper's headline phone speedup
+
+
+def test_paper_speedups_compare_with_ddim_at_the_same_resolution():
+    table = latency_by_device(measured(), ["LazyDiT Table 3"])
+    paper = table[table["source"].str.startswith("LazyDiT Table 3")]
+    ddim512 = paper[(paper["method"] == "ddim") & (paper["resolution"] == "512")]
+    assert set(ddim512["paper speedup ↑"]) == {"1.00"}
+    lazy256_10 = paper[(paper["method"] == "lazydit") & (paper["steps"] == "10") & (paper["resolution"] == "256")]
+    assert lazy256_10["paper speedup ↑"].iloc[0] == "—"  # the paper times no DDIM-10 at 256 px
