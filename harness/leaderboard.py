@@ -81,13 +81,15 @@ def model_report(model: str, resolution: int, device: str, parts: list[tuple[str
     out = [f"# {model} @ {resolution}px on {device}: every suite\n"]
     merged = []
     for name, primary, table, records in parts:
-        full, shown, wins = section_tables(table, primary, records)
+        full, shown, wins, power = section_tables(table, primary, records)
         n = sorted({r["cell"]["num_samples"] for r in records})
         seeds = sorted({r["cell"]["seed"] for r in records})
         out.append(f"\n## suite `{name}` ({'/'.join(map(str, n))} images per cell, seed sets {seeds})\n\n"
                    f"{render_table(shown, 'markdown')}")
         if wins is not None and not wins.empty:
             out.append(f"\n### `{name}`: who wins at each budget\n\n{render_table(wins, 'markdown')}")
+        if power is not None and not power.empty:
+            out.append(f"\n### `{name}`: resolving power\n\n{render_table(power, 'markdown')}")
         merged.append(full.assign(suite=name, primary=primary))
     everything = pd.concat(merged, ignore_index=True)
     paper = published_beside_measured(everything)

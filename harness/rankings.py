@@ -85,6 +85,49 @@ def who_wins(table: pd.DataFrame, primary: str, records: list[dict[str, Any]] | 
     return pd.DataFrame(rows).fillna("—")
 
 
+def resolving_power(table: pd.DataFrame, primary: str, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Display table: can this suite's evaluation tell its cells apart?
+
+    Rows: every DDIM budget minus the largest (paired, same seed sets: the step-budget curve resolved or
+    not), then the spread a reader must compare differences with: the seed-to-seed standard deviation of
+    the absolute metric (suites with several seed sets), the typical paired 95% half-width and size of the
+    methods' differences to DDIM at the same steps, and how many of those differences are resolved.
+
+    Args:
+        table: one model and resolution's rows with `comparisons.paired_columns`.
+        primary: the quality metric (e.g. "domain_fid").
+        records: the suite's records (the DDIM cells' replicates).
+    """
+    from harness.comparisons import pair_of_variants
+
+    label = metric_info(primary).label
+    value_col = f"{label} [95% CI]"
+    rows = []
+    ddim = table[table["method"] == FULL_COMPUTE]
+    ddim = ddim.assign(_steps=pd.to_numeric(ddim["steps"], errors="coerce")).dropna(subset=["_steps"]).sort_values("_steps")
+    if len(ddim) > 1:
+        top = ddim.iloc[-1]
+        for _, row in ddim.iloc[:-1].iterrows():
+            est = pair_of_variants(records, row["variant_hash"], top["variant_hash"], primary)
+            rows.append({"quantity": f"DDIM-{row['steps']} − DDIM-{top['steps']} (paired)",
+                         value_col: ci_text(est.value, est.low, est.high, est.significant, signed=True)})
+    spread = table.get(f"quality.{primary}:std")
+    if spread is not None and spread.notna().any():
+        rows.append({"quantity": f"seed-to-seed SD of {label} (median over variants, {int(table['n_seeds'].max())} seed sets)",
+                     value_col: fmt(float(spread.median()))})
+    col = f"paired.{primary}"
+    methods = table[(table["method"] != FULL_COMPUTE) & table.get(col, pd.Series(np.nan, index=table.index)).notna()] \
+        if col in table else table.iloc[0:0]
+    if len(methods):
+        half = (methods[col + ":high"] - methods[col + ":low"]) / 2
+        rows += [{"quantity": "paired 95% half-width, method − DDIM same steps (median over method rows)",
+                  value_col: fmt(float(half.median()))},
+                 {"quantity": "absolute method − DDIM same steps (median over method rows)", value_col: fmt(float(methods[col].abs().median()))},
+                 {"quantity": "method rows resolved from DDIM at the same steps",
+                  value_col: f"{int(methods[col + ':sig'].sum())} of {len(methods)}"}]
+    return pd.DataFrame(rows)
+
+
 def _variant_name(row: pd.Series) -> str:
     params = "" if row["params"] == "-" else f" {row['params']}"
     return f"{row['method']}-{row['steps']}{params}"

@@ -420,11 +420,13 @@ def suite_tables(suite: Suite, measured: pd.DataFrame, records: list[dict[str, A
     """
     md, tex, csv_parts = [f"# {suite.name}: leaderboard\n", suite.description + "\n" if suite.description else ""], [], []
     for (model, resolution), table in section_groups(measured):
-        full, shown, wins = section_tables(table, suite.primary_metric, records)
+        full, shown, wins, power = section_tables(table, suite.primary_metric, records)
         title = f"{model} @ {resolution}px"
         md.append(f"\n## {title}\n\n{render_table(shown, 'markdown')}")
         if wins is not None and not wins.empty:
             md.append(f"\n### {title}: who wins at each budget\n\n{render_table(wins, 'markdown')}")
+        if power is not None and not power.empty:
+            md.append(f"\n### {title}: resolving power\n\n{render_table(power, 'markdown')}")
         tex.append(f"% {title}\n{render_table(shown, 'latex')}")
         csv_parts.append(full)
     md.append(f"\n{LEGEND}\n")
@@ -473,18 +475,19 @@ def latency_by_device(measured: pd.DataFrame, sources: Iterable[str] = ()) -> pd
 
 
 def section_tables(table: pd.DataFrame, primary: str, records: list[dict[str, Any]] | None
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
     """One model and resolution: the full numeric table, its display table (floor row first where the records
-    have one) and the who-wins table (None without records)."""
+    have one), the who-wins table and the resolving-power table (both None without records)."""
     full = with_comparisons(table, primary)
     if not records:
-        return full, display_table(full, primary), None
+        return full, display_table(full, primary), None, None
     from harness.comparisons import paired_columns
-    from harness.rankings import who_wins
+    from harness.rankings import resolving_power, who_wins
 
     full = paired_columns(records, full)
     shown = display_table(full, primary)
-    return full, with_floor_rows(shown, table, records, primary), who_wins(full, primary, records)
+    return (full, with_floor_rows(shown, table, records, primary), who_wins(full, primary, records),
+            resolving_power(full, primary, records))
 
 
 def with_floor_rows(shown: pd.DataFrame, table: pd.DataFrame, records: list[dict[str, Any]], primary: str) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import pytest
 
 from harness.comparisons import paired_columns
 from harness.leaderboard import merged_reports
-from harness.rankings import pareto_marks, who_wins
+from harness.rankings import pareto_marks, resolving_power, who_wins
 from harness.store import RecordStore
 from harness.suite import Suite
 from harness.tables import aggregate, records_frame, section_tables
@@ -93,9 +93,17 @@ def test_who_wins_names_the_best_setting_at_or_under_each_ddim_budget_with_its_l
     assert at_10["best"] == "ddim-10"
 
 
+def test_resolving_power_pairs_each_ddim_budget_with_the_largest_and_counts_resolved_methods():
+    records = suite_records()
+    power = resolving_power(table(records), "domain_fid", records).set_index("quantity")["domain FID [95% CI]"]
+    assert power["DDIM-10 − DDIM-20 (paired)"].startswith("+10.0") and power["DDIM-10 − DDIM-20 (paired)"].endswith("*")
+    assert power["method rows resolved from DDIM at the same steps"] == "2 of 2"
+    assert float(power["seed-to-seed SD of domain FID (median over variants, 2 seed sets)"]) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_the_floor_is_the_first_row_of_the_leaderboard():
     records = suite_records()
-    _, shown, _ = section_tables(aggregate(records_frame(records)), "domain_fid", records)
+    _, shown, _, _ = section_tables(aggregate(records_frame(records)), "domain_fid", records)
     assert shown.iloc[0]["method"] == "real data (floor)"
     assert shown.iloc[0]["domain FID [95% CI]"].startswith("4.00")
 

@@ -57,6 +57,17 @@ def test_evaluation_features_are_a_fixed_projection_fitted_on_the_classifier_rol
     assert np.allclose(domain.image_features(images), (domain.raw_features(images) - mean) @ basis)
 
 
+def test_evaluation_axes_are_whitened_on_the_classifier_role():
+    images, _, _ = domain.role_uint8("classifier", domain.CLASSIFIER_SIZE)
+    features = domain.image_features(images)
+    assert np.allclose(features.mean(axis=0), 0.0, atol=1e-9)
+    assert np.allclose(features.std(axis=0), 1.0)  # every axis in units of the real digits' spread along it
+
+
+def test_records_name_the_whitened_feature_space():
+    assert domain.domain_provenance("embedded/digits-8")["domain_feature_space"] == "fc-pca32-whitened"
+
+
 def test_unit_weights_reproduce_the_point_value():
     images, _ = real_images("floor", 8, 64)
     reference = domain.reference_set(8)

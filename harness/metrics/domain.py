@@ -1,8 +1,8 @@
 """Domain metrics for the embedded digits models: a small digit classifier's features, FID / KID / PR on them.
 
 Inception features say little about 8x8 grayscale digits, so the embedded default measures FID,
-unbiased KID and precision / recall on the penultimate (fc, 128-d) features of a small CNN ("domain
-FID"). The CNN is trained on digits that no compared set contains (`harness.metrics.domain_sets`:
+unbiased KID and precision / recall on a small CNN's penultimate (fc, 128-d) features, projected on
+their 32 principal axes and whitened ("domain FID", `feature_basis` says why). The CNN is trained on digits that no compared set contains (`harness.metrics.domain_sets`:
 classifier / reference / floor roles), generated images are scored against the reference role, and the
 floor role gives a real-data floor of the same size. Every set metric comes with bootstrap replicates
 over images on the shared resampling plan (`harness.bootstrap`), so tables can pair any two cells.
@@ -30,7 +30,8 @@ CLASSIFIER_NAME = "digits-classifier"  # its entry in harness/zoo/manifest.json 
 CLASSIFIER_SIZE = 16  # inputs are resized (bilinear) to this many pixels
 FEATURE_LAYERS = ("conv", "fc", "logits")  # (N, 64) pooled conv, (N, 128) penultimate, (N, 10) logits
 DEFAULT_FEATURE_LAYER = "fc"
-FEATURE_COMPONENTS = 32  # principal axes of the fc features that the set metrics use
+FEATURE_COMPONENTS = 32  # principal axes of the fc features that the set metrics use (whitened)
+FEATURE_SPACE = f"{DEFAULT_FEATURE_LAYER}-pca{FEATURE_COMPONENTS}-whitened"  # named in every record's provenance
 
 # Keys of `domain_metrics`.
 DOMAIN_FID = "domain_fid"
@@ -260,29 +261,39 @@ def raw_features(images: np.ndarray, layer: str = DEFAULT_FEATURE_LAYER) -> np.n
 
 
 @functools.lru_cache(maxsize=None)
-def feature_basis(*, layer: str = DEFAULT_FEATURE_LAYER, resolution: int = CLASSIFIER_SIZE) -> tuple[np.ndarray, np.ndarray, float]:
+def feature_basis(*, layer: str = DEFAULT_FEATURE_LAYER, resolution: int = CLASSIFIER_SIZE,
+                  whiten: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
     """The evaluation feature space: mean, top `FEATURE_COMPONENTS` principal axes (d, k) and the KID scale.
 
     Fitted on the classifier role's digits (the classifier's own training images, which no compared set
-    contains), so the space is fixed before any generated, reference or floor image is seen. Fewer
-    dimensions than the classifier's 128 keep FID's estimator noise small at a few hundred images per
-    cell (128-d FID at 512 images resolved DDIM-25 vs DDIM-50 with a CI 1.6x wider, see results/embedded/README.md).
-    The KID scale makes the projected features' root-mean-square coordinate 1, so the polynomial kernel
-    sees O(1) inputs (as with Inception features) and KID comes out in the usual 1e-3 .. 1e-1 range.
+    contains), so the space is fixed before any generated, reference or floor image is seen. Each axis is
+    divided by the real digits' standard deviation along it (`whiten`), so FID measures a distribution's
+    offset in units of natural variation on every axis (a Mahalanobis metric). Unwhitened, the first few
+    axes (stroke mass, class identity) hold most of the variance; the embedded DiTs sit far from the data
+    along them, which made FID noisy (paired 95% half-widths of 2-4 FID against DDIM-25 vs DDIM-50
+    differences of 2-3) and let any approximation that drifted along them score *better* than full
+    compute. Whitened, the finer axes that step budgets and reuse change count as much: the same images
+    resolve DDIM-25 vs DDIM-50 at z = 9-10 and rank every approximation at or below full compute
+    (results/embedded/README.md "Resolving power"). Fewer axes than the classifier's 128 keep the noisy
+    low-variance tail out.
+    The KID scale makes the projected features' root-mean-square coordinate 1 (whitened: 1 by construction),
+    so the polynomial kernel sees O(1) inputs (as with Inception features).
     """
     images, _, _ = role_uint8("classifier", resolution)
     raw = raw_features(images, layer)
     mean = raw.mean(axis=0)
-    _, _, vt = np.linalg.svd(raw - mean, full_matrices=False)
+    _, singular, vt = np.linalg.svd(raw - mean, full_matrices=False)
     basis = vt[:FEATURE_COMPONENTS].T
     basis = basis * np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])  # sign-fixed axes
+    if whiten:
+        basis = basis / (singular[:FEATURE_COMPONENTS] / np.sqrt(len(raw)))
     projected = (raw - mean) @ basis
     return mean, basis, float(np.sqrt((projected ** 2).mean()))
 
 
-def image_features(images: np.ndarray, layer: str = DEFAULT_FEATURE_LAYER) -> np.ndarray:
+def image_features(images: np.ndarray, layer: str = DEFAULT_FEATURE_LAYER, whiten: bool = True) -> np.ndarray:
     """Evaluation features (N, FEATURE_COMPONENTS): the classifier's `layer` projected on `feature_basis`."""
-    mean, basis, _ = feature_basis(layer=layer)
+    mean, basis, _ = feature_basis(layer=layer, whiten=whiten)
     return (raw_features(images, layer) - mean) @ basis
 
 
@@ -301,10 +312,10 @@ def role_uint8(role: str, resolution: int) -> tuple[np.ndarray, np.ndarray, str]
 
 
 @functools.lru_cache(maxsize=None)
-def reference_set(resolution: int, *, layer: str = DEFAULT_FEATURE_LAYER) -> ReferenceSet:
+def reference_set(resolution: int, *, layer: str = DEFAULT_FEATURE_LAYER, whiten: bool = True) -> ReferenceSet:
     """The reference role's features at `resolution` (computed once per process)."""
     images, _, _ = role_uint8("reference", resolution)
-    return ReferenceSet(image_features(images, layer), kid_scale=feature_basis(layer=layer)[2])
+    return ReferenceSet(image_features(images, layer, whiten), kid_scale=feature_basis(layer=layer, whiten=whiten)[2])
 
 
 def reference_name(resolution: int) -> str:
@@ -318,7 +329,7 @@ def domain_provenance(model_or_resolution: str | int) -> dict:
     resolution = resolve_resolution(model_or_resolution)
     return {"domain_feature_extractor": DOMAIN_EXTRACTOR, "domain_classifier_sha256": classifier_entry()["sha256"],
             "domain_reference": reference_name(resolution), "domain_feature_layer": DEFAULT_FEATURE_LAYER,
-            "domain_feature_components": FEATURE_COMPONENTS, "domain_replicate_plan_seed": bootstrap.PLAN_SEED}
+            "domain_feature_components": FEATURE_COMPONENTS, "domain_feature_space": FEATURE_SPACE, "domain_replicate_plan_seed": bootstrap.PLAN_SEED}
 
 
 @torch.no_grad()
