@@ -536,8 +536,8 @@ PAIRED_LEGEND = (
     "by every cell, so two cells' replicates pair image by image. *Δ vs DDIM same steps*: the method minus "
     "full-compute DDIM at the same steps on the same seeds and labels; *gain @MACs / @latency*: the method's "
     "advantage over the DDIM curve interpolated (replicate by replicate) at its MACs / latency, positive = better; "
-    "\\* = the interval excludes zero. *feature dist.*: per-image distance of the domain classifier's unit-normalised "
-    "features to the full-compute image (LPIPS-like). *Pareto*: on the quality-vs-MACs (M) / quality-vs-latency (L) "
+    "\\* = the interval excludes zero. *feature dist.*: per-image distance of the domain classifier's whitened, "
+    "unit-normalised features to the full-compute image (LPIPS-like). *Pareto*: on the quality-vs-MACs (M) / quality-vs-latency (L) "
     "frontier. *real data (floor)*: real digits the classifier never saw, disjoint from the reference, as many per "
     "seed set as a cell generates: what a perfect model scores."
 )
