@@ -116,8 +116,7 @@ def resolving_power(table: pd.DataFrame, primary: str, records: list[dict[str, A
         rows.append({"quantity": f"seed-to-seed SD of {label} (median over variants, {int(table['n_seeds'].max())} seed sets)",
                      value_col: fmt(float(spread.median()))})
     col = f"paired.{primary}"
-    methods = table[(table["method"] != FULL_COMPUTE) & table.get(col, pd.Series(np.nan, index=table.index)).notna()] \
-        if col in table else table.iloc[0:0]
+    methods = table[(table["method"] != FULL_COMPUTE) & table[col].notna()] if col in table else table.iloc[0:0]
     if len(methods):
         half = (methods[col + ":high"] - methods[col + ":low"]) / 2
         rows += [{"quantity": "paired 95% half-width, method − DDIM same steps (median over method rows)",

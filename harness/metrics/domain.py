@@ -2,9 +2,10 @@
 
 Inception features say little about 8x8 grayscale digits, so the embedded default measures FID,
 unbiased KID and precision / recall on a small CNN's penultimate (fc, 128-d) features, projected on
-their 32 principal axes and whitened ("domain FID", `feature_basis` says why). The CNN is trained on digits that no compared set contains (`harness.metrics.domain_sets`:
-classifier / reference / floor roles), generated images are scored against the reference role, and the
-floor role gives a real-data floor of the same size. Every set metric comes with bootstrap replicates
+their 32 principal axes and whitened ("domain FID", `feature_basis` says why). The CNN is trained on
+digits that no compared set contains (`harness.metrics.domain_sets`: classifier / reference / floor
+roles), generated images are scored against the reference role, and the floor role gives a real-data
+floor of the same size. Every set metric comes with bootstrap replicates
 over images on the shared resampling plan (`harness.bootstrap`), so tables can pair any two cells.
 The classifier is also registered as a torch-fidelity feature extractor (`DOMAIN_EXTRACTOR`) for
 anyone who wants torch-fidelity's own metrics on these features; the tests check both agree.
@@ -329,7 +330,8 @@ def domain_provenance(model_or_resolution: str | int) -> dict:
     resolution = resolve_resolution(model_or_resolution)
     return {"domain_feature_extractor": DOMAIN_EXTRACTOR, "domain_classifier_sha256": classifier_entry()["sha256"],
             "domain_reference": reference_name(resolution), "domain_feature_layer": DEFAULT_FEATURE_LAYER,
-            "domain_feature_components": FEATURE_COMPONENTS, "domain_feature_space": FEATURE_SPACE, "domain_replicate_plan_seed": bootstrap.PLAN_SEED}
+            "domain_feature_components": FEATURE_COMPONENTS, "domain_feature_space": FEATURE_SPACE,
+            "domain_replicate_plan_seed": bootstrap.PLAN_SEED}
 
 
 @torch.no_grad()
