@@ -15,7 +15,8 @@ import pandas as pd
 
 from harness.suite import SpecError, load_suite, slug
 from harness.tables import (FULL_COMPUTE, LAZY, MACS_LINEAR, SPEEDUP, LEGEND, PAIRED_LEGEND, _match_measured, aggregate,
-                            fmt, published_results, records_frame, render_table, section_tables)
+                            fmt, published_results, ranking_sections, records_frame, render_table,
+                            section_tables)
 
 LEADERBOARD_DIR = "leaderboard"
 INDEX = "README.md"
@@ -85,11 +86,7 @@ def model_report(model: str, resolution: int, device: str, parts: list[tuple[str
         n = sorted({r["cell"]["num_samples"] for r in records})
         seeds = sorted({r["cell"]["seed"] for r in records})
         out.append(f"\n## suite `{name}` ({'/'.join(map(str, n))} images per cell, seed sets {seeds})\n\n"
-                   f"{render_table(shown, 'markdown')}")
-        if wins is not None and not wins.empty:
-            out.append(f"\n### `{name}`: who wins at each budget\n\n{render_table(wins, 'markdown')}")
-        if power is not None and not power.empty:
-            out.append(f"\n### `{name}`: resolving power\n\n{render_table(power, 'markdown')}")
+                   f"{render_table(shown, 'markdown')}{ranking_sections(f'`{name}`', wins, power)}")
         merged.append(full.assign(suite=name, primary=primary))
     everything = pd.concat(merged, ignore_index=True)
     paper = published_beside_measured(everything)

@@ -98,17 +98,18 @@ def resolving_power(table: pd.DataFrame, primary: str, records: list[dict[str, A
         primary: the quality metric (e.g. "domain_fid").
         records: the suite's records (the DDIM cells' replicates).
     """
-    from harness.comparisons import pair_of_variants
+    from harness.comparisons import difference, samples_by_variant
 
     label = metric_info(primary).label
     value_col = f"{label} [95% CI]"
+    samples = samples_by_variant(records, "quality", primary)
     rows = []
     ddim = table[table["method"] == FULL_COMPUTE]
     ddim = ddim.assign(_steps=pd.to_numeric(ddim["steps"], errors="coerce")).dropna(subset=["_steps"]).sort_values("_steps")
     if len(ddim) > 1:
         top = ddim.iloc[-1]
         for _, row in ddim.iloc[:-1].iterrows():
-            est = pair_of_variants(records, row["variant_hash"], top["variant_hash"], primary)
+            est = difference(samples.get(row["variant_hash"], []), samples.get(top["variant_hash"], []))
             rows.append({"quantity": f"DDIM-{row['steps']} − DDIM-{top['steps']} (paired)",
                          value_col: ci_text(est.value, est.low, est.high, est.significant, signed=True)})
     spread = table.get(f"quality.{primary}:std")

@@ -422,11 +422,7 @@ def suite_tables(suite: Suite, measured: pd.DataFrame, records: list[dict[str, A
     for (model, resolution), table in section_groups(measured):
         full, shown, wins, power = section_tables(table, suite.primary_metric, records)
         title = f"{model} @ {resolution}px"
-        md.append(f"\n## {title}\n\n{render_table(shown, 'markdown')}")
-        if wins is not None and not wins.empty:
-            md.append(f"\n### {title}: who wins at each budget\n\n{render_table(wins, 'markdown')}")
-        if power is not None and not power.empty:
-            md.append(f"\n### {title}: resolving power\n\n{render_table(power, 'markdown')}")
+        md.append(f"\n## {title}\n\n{render_table(shown, 'markdown')}{ranking_sections(title, wins, power)}")
         tex.append(f"% {title}\n{render_table(shown, 'latex')}")
         csv_parts.append(full)
     md.append(f"\n{LEGEND}\n")
@@ -488,6 +484,14 @@ def section_tables(table: pd.DataFrame, primary: str, records: list[dict[str, An
     shown = display_table(full, primary)
     return (full, with_floor_rows(shown, table, records, primary), who_wins(full, primary, records),
             resolving_power(full, primary, records))
+
+
+def ranking_sections(heading: str, wins: pd.DataFrame | None, power: pd.DataFrame | None) -> str:
+    """The who-wins and resolving-power tables of one section as Markdown sub-sections ("" for those missing)."""
+    parts = [f"\n### {heading}: {name}\n\n{render_table(frame, 'markdown')}"
+             for name, frame in (("who wins at each budget", wins), ("resolving power", power))
+             if frame is not None and not frame.empty]
+    return "".join(parts)
 
 
 def with_floor_rows(shown: pd.DataFrame, table: pd.DataFrame, records: list[dict[str, Any]], primary: str) -> pd.DataFrame:

@@ -42,7 +42,6 @@ def digits_suite(tmp_path: Path, steps: str = "[2, 3]", metrics: str = '["qualit
         metrics = {metrics}
         [[models]]
         name = "embedded/digits-8"
-
         [[methods]]
         name = "ddim"
     """) + slurm)

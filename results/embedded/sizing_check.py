@@ -37,26 +37,28 @@ def settings(short: str) -> dict[str, tuple[str, int, dict]]:
             "delta-dit-i4": ("delta-dit", 50, {"interval": 4}), "ab-cache-i8": ("ab-cache", 50, {"interval": 8})}
 
 
-def paired(stats: dict, a: str, b: str, index: int) -> str:
-    d = bootstrap.interval(stats[a][index] - stats[b][index], stats[a][index + 1] - stats[b][index + 1])
+def paired(stats: dict, a: str, b: str, metric: str) -> str:
+    (point_a, reps_a), (point_b, reps_b) = stats[a][metric], stats[b][metric]
+    d = bootstrap.interval(point_a - point_b, reps_a - reps_b)
     return f"{d.value:+.4g} [{d.low:+.4g}, {d.high:+.4g}]{'*' if d.significant else ''}"
 
 
 def report(short: str, images: dict[str, np.ndarray], resolution: int, size: int, whiten: bool) -> None:
     counts = bootstrap.resample_counts(size)
     reference = domain.reference_set(resolution, whiten=whiten)
-    stats = {}
+    stats = {}  # tag -> metric -> (point, replicates)
     for tag, imgs in {**images, "floor": domain.floor_images(resolution, size)[0]}.items():
         features = domain.image_features(imgs[:size], whiten=whiten)
-        stats[tag] = (frechet_distance(features, reference)[0], frechet_distance(features, reference, counts),
-                      kernel_distance(features, reference)[0], kernel_distance(features, reference, counts))
+        stats[tag] = {name: (distance(features, reference)[0], distance(features, reference, counts))
+                      for name, distance in (("FID", frechet_distance), ("KID", kernel_distance))}
     print(f"\n{short}, {size} images, {[k for k, v in SPACES.items() if v == whiten][0]}: "
-          f"floor FID {stats['floor'][0]:.4g}, KID {stats['floor'][2]:.4g}")
+          f"floor FID {stats['floor']['FID'][0]:.4g}, KID {stats['floor']['KID'][0]:.4g}")
     for tag in images:
-        versus = "" if tag == "ddim50" else f"  - DDIM-50: FID {paired(stats, tag, 'ddim50', 0)}  KID {paired(stats, tag, 'ddim50', 2)}"
-        print(f"  {tag:14s} FID {stats[tag][0]:8.4g}  KID {stats[tag][2]:.4g}{versus}")
+        versus = "" if tag == "ddim50" else \
+            f"  - DDIM-50: FID {paired(stats, tag, 'ddim50', 'FID')}  KID {paired(stats, tag, 'ddim50', 'KID')}"
+        print(f"  {tag:14s} FID {stats[tag]['FID'][0]:8.4g}  KID {stats[tag]['KID'][0]:.4g}{versus}")
     for a, b in REFERENCE_PAIRS:
-        print(f"  {a} - {b}: FID {paired(stats, a, b, 0)}  KID {paired(stats, a, b, 2)}")
+        print(f"  {a} - {b}: FID {paired(stats, a, b, 'FID')}  KID {paired(stats, a, b, 'KID')}")
 
 
 def main() -> int:
